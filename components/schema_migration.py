@@ -1,0 +1,167 @@
+"""SchemaMigration: one service's data moved into its new database, as a Pulumi resource.
+
+A thin adapter between Pulumi's create/diff/update/delete and the engine in
+``migrations/``. Create runs the whole migration (init, freeze, copy, verify);
+an update applies a changed init SQL and grants but never copies over data the
+service may already be writing; delete leaves every row where it is.
+
+The provider runs in a separate process (``python -m pulumi.dynamic``) after
+being serialized with dill, so it keeps no state and imports the engine only
+when called; ``migrations`` must be importable there (the project root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+# Inputs that name the data: changing one means a different copy, so a new resource.
+_IDENTITY = ("source_schema", "target_schema")
+
+
+@dataclass
+class SchemaMigrationArgs:
+    source_url: pulumi.Input[str]
+    """Secret. libpq URL of the shared instance, as a role that can read the schema and create triggers on it."""
+    source_schema: pulumi.Input[str]
+    """The service's schema on the shared instance, e.g. ``public``."""
+    target_url: pulumi.Input[str]
+    """Secret. libpq URL of the new database, as its migration role."""
+    target_schema: pulumi.Input[str]
+    """The schema in the new database; the same name as the source keeps the service's SQL unchanged."""
+    service_user: pulumi.Input[str]
+    """The role the service connects as; granted what it needs in its schema."""
+    init_sql: pulumi.Input[str]
+    """The text of ``sql/<database>_init.sql``."""
+    jobs: pulumi.Input[int] = 2
+    """Parallel connections for the copy and the verification."""
+
+
+def _init_hash(init_sql: str) -> str:
+    return hashlib.sha256(init_sql.encode("utf-8")).hexdigest()
+
+
+def _endpoints(props: dict[str, Any]):
+    from migrations.connection import Endpoints
+
+    return Endpoints(props["source_url"], props["source_schema"], props["target_url"], props["target_schema"])
+
+
+class SchemaMigrationProvider(ResourceProvider):
+    # The provider holds nothing secret; the URLs are secret inputs instead.
+    serialize_as_secret_always = False
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = [
+            CheckFailure(key, f"{key} must be a non-empty string")
+            for key in ("source_url", "source_schema", "target_url", "target_schema", "service_user", "init_sql")
+            if not isinstance(news.get(key), str) or not news[key]
+        ]
+        jobs = news.get("jobs", 2)
+        if not isinstance(jobs, (int, float)) or int(jobs) != jobs or jobs < 1:
+            failures.append(CheckFailure("jobs", "jobs must be a whole number of at least 1"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        replaces = [key for key in _IDENTITY if olds.get(key) != news.get(key)]
+        if "source_url" in news and _endpoints(news).source_identity != olds.get("source"):
+            replaces.append("source_url")
+        if "target_url" in news and _endpoints(news).target_identity != olds.get("target"):
+            replaces.append("target_url")
+        changes = list(replaces)
+        if _init_hash(news.get("init_sql", "")) != olds.get("init_sql_sha256"):
+            changes.append("init_sql")
+        if news.get("service_user") != olds.get("service_user"):
+            changes.append("service_user")
+        return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=False)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from migrations import engine
+        from migrations.errors import MigrationError
+
+        endpoints = _endpoints(props)
+        try:
+            report = engine.migrate(
+                endpoints,
+                init_sql=props["init_sql"],
+                service_user=props["service_user"],
+                jobs=int(props.get("jobs", 2)),
+            )
+        except MigrationError as error:
+            raise MigrationFailed(str(error)) from None
+        outs = _outputs(props) | {
+            "tables": {t.table: {"rows": t.rows, "checksum": t.checksum} for t in report.tables},
+            "copy_seconds": round(report.copy_seconds, 3),
+            "verify_seconds": round(report.verify_seconds, 3),
+            "duration_seconds": round(report.duration_seconds, 3),
+        }
+        return CreateResult(id_=endpoints.target_identity, outs=outs)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        from migrations import engine
+        from migrations.errors import MigrationError
+
+        try:
+            engine.evolve(_endpoints(news), init_sql=news["init_sql"], service_user=news["service_user"])
+        except MigrationError as error:
+            raise MigrationFailed(str(error)) from None
+        kept = {key: olds[key] for key in ("tables", "copy_seconds", "verify_seconds", "duration_seconds") if key in olds}
+        return UpdateResult(outs=_outputs(news) | kept)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        # Deleting the resource must never delete data: both copies stay as they are.
+        print(
+            f"SchemaMigration: {props.get('target')} keeps its data and {props.get('source')} stays frozen;"
+            " nothing was deleted (lift the freeze with: python -m migrations unfreeze)",
+            file=sys.stderr,
+        )
+
+
+class MigrationFailed(Exception):
+    """Carries the engine's one-line message out of the provider."""
+
+
+def _outputs(props: dict[str, Any]) -> dict[str, Any]:
+    """What the state keeps: identities and hashes, never a URL or password."""
+    endpoints = _endpoints(props)
+    return {
+        "source": endpoints.source_identity,
+        "target": endpoints.target_identity,
+        "source_schema": props["source_schema"],
+        "target_schema": props["target_schema"],
+        "service_user": props["service_user"],
+        "init_sql_sha256": _init_hash(props["init_sql"]),
+    }
+
+
+class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="SchemaMigration"):
+    """Moves one service's schema from the shared instance into its own database, verified."""
+
+    source: pulumi.Output[str]
+    """``host:port/dbname/schema`` of the source (no credentials)."""
+    target: pulumi.Output[str]
+    """``host:port/dbname/schema`` of the target (no credentials)."""
+    init_sql_sha256: pulumi.Output[str]
+    tables: pulumi.Output[dict]
+    """Per table: ``rows`` and ``checksum``, identical on both sides when created."""
+    copy_seconds: pulumi.Output[float]
+    verify_seconds: pulumi.Output[float]
+    duration_seconds: pulumi.Output[float]
+
+    def __init__(self, name: str, args: SchemaMigrationArgs, opts: pulumi.ResourceOptions | None = None):
+        props = {
+            "source_url": pulumi.Output.secret(args.source_url),
+            "source_schema": args.source_schema,
+            "target_url": pulumi.Output.secret(args.target_url),
+            "target_schema": args.target_schema,
+            "service_user": args.service_user,
+            "init_sql": args.init_sql,
+            "jobs": args.jobs,
+            **{key: None for key in ("source", "target", "init_sql_sha256", "tables", "copy_seconds", "verify_seconds", "duration_seconds")},
+        }
+        super().__init__(SchemaMigrationProvider(), name, props, opts)

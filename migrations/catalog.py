@@ -1,0 +1,164 @@
+"""What a schema holds, read from the PostgreSQL catalogs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+# OIDs below this belong to PostgreSQL itself; types above it (user types,
+# extensions) may carry a different OID on each server.
+FIRST_USER_OID = 16384
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type(), with the schema's own qualifier removed
+    not_null: bool
+    generated: bool  # GENERATED ALWAYS AS (...) STORED: computed by the target, never copied
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    row_estimate: int
+    size_bytes: int
+    partitioned: bool
+    # Binary COPY embeds type OIDs for arrays and composites of user types;
+    # those differ between servers, so such tables travel as text.
+    binary_copy: bool
+
+    @property
+    def copied_columns(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns if not column.generated)
+
+
+@dataclass(frozen=True)
+class Sequence:
+    name: str
+    owned_by: tuple[str, str] | None  # (table, column) for serial and identity columns
+
+
+@dataclass(frozen=True)
+class Catalog:
+    schema: str
+    exists: bool
+    tables: dict[str, Table] = field(default_factory=dict)
+    sequences: dict[str, Sequence] = field(default_factory=dict)
+
+
+_TABLES = """
+SELECT c.oid, c.relname, greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid), c.relkind = 'p'
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+"""
+
+_COLUMNS = """
+SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       a.attgenerated <> '',
+       (b.oid < %(first_user_oid)s AND (b.typelem = 0 OR b.typelem < %(first_user_oid)s))
+         OR b.typtype = 'e'
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+WHERE a.attrelid = ANY(%(tables)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
+"""
+
+_PRIMARY_KEYS = """
+SELECT i.indrelid, a.attname
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indisprimary AND i.indrelid = ANY(%s)
+ORDER BY i.indrelid, k.position
+"""
+
+_SEQUENCES = """
+SELECT s.relname, t.relname, a.attname
+FROM pg_class s
+JOIN pg_namespace n ON n.oid = s.relnamespace
+LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+LEFT JOIN pg_class t ON t.oid = d.refobjid
+LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE n.nspname = %s AND s.relkind = 'S'
+"""
+
+
+def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
+    """Tables, columns, primary keys and sequences of ``schema``."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema))
+        quoted_schema, exists = cur.fetchone()
+        if not exists:
+            return Catalog(schema, exists=False)
+
+        cur.execute(_TABLES, (schema,))
+        names = {oid: (name, rows, size, partitioned) for oid, name, rows, size, partitioned in cur.fetchall()}
+        oids = list(names)
+
+        columns: dict[int, list[tuple[Column, bool]]] = {oid: [] for oid in oids}
+        cur.execute(_COLUMNS, {"tables": oids, "first_user_oid": FIRST_USER_OID})
+        for oid, name, type_, not_null, generated, binary_safe in cur.fetchall():
+            type_ = type_.replace(f"{quoted_schema}.", "")
+            columns[oid].append((Column(name, type_, not_null, generated), binary_safe))
+
+        primary_keys: dict[int, list[str]] = {oid: [] for oid in oids}
+        cur.execute(_PRIMARY_KEYS, (oids,))
+        for oid, name in cur.fetchall():
+            primary_keys[oid].append(name)
+
+        cur.execute(_SEQUENCES, (schema,))
+        sequences = {
+            name: Sequence(name, (table, column) if table else None) for name, table, column in cur.fetchall()
+        }
+
+    tables = {
+        name: Table(
+            name=name,
+            columns=tuple(column for column, _ in columns[oid]),
+            primary_key=tuple(primary_keys[oid]),
+            row_estimate=rows,
+            size_bytes=size,
+            partitioned=partitioned,
+            binary_copy=all(safe for _, safe in columns[oid]),
+        )
+        for oid, (name, rows, size, partitioned) in names.items()
+    }
+    return Catalog(schema, exists=True, tables=tables, sequences=sequences)
+
+
+def compare(source: Catalog, target: Catalog) -> list[str]:
+    """Every difference that would make a copy lose or refuse data, as sentences."""
+    differences: list[str] = []
+    for name in sorted(source.tables.keys() - target.tables.keys()):
+        differences.append(f"table {name} is missing in the target")
+    for name in sorted(target.tables.keys() - source.tables.keys()):
+        differences.append(f"table {name} exists only in the target")
+    for name in sorted(source.tables.keys() & target.tables.keys()):
+        differences.extend(_compare_columns(name, source.tables[name], target.tables[name]))
+    for name in sorted(source.sequences.keys() - target.sequences.keys()):
+        differences.append(f"sequence {name} is missing in the target")
+    return differences
+
+
+def _compare_columns(table: str, source: Table, target: Table) -> list[str]:
+    theirs = {column.name: column for column in target.columns}
+    ours = {column.name: column for column in source.columns}
+    differences = [f"column {table}.{name} is missing in the target" for name in ours if name not in theirs]
+    differences += [f"column {table}.{name} exists only in the target" for name in theirs if name not in ours]
+    for name, mine in ours.items():
+        if (other := theirs.get(name)) is None:
+            continue
+        if mine.type != other.type:
+            differences.append(f"column {table}.{name} is {mine.type} in the source and {other.type} in the target")
+        if other.not_null and not mine.not_null:
+            differences.append(f"column {table}.{name} is NOT NULL in the target only")
+        if mine.generated != other.generated:
+            side = "source" if mine.generated else "target"
+            differences.append(f"column {table}.{name} is generated in the {side} only")
+    return differences

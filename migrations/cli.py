@@ -1,0 +1,168 @@
+"""``python -m migrations``: the engine from a shell.
+
+Passwords never go on the command line: give DSNs without them and let libpq
+find them in PGPASSWORD, a ``.pgpass`` file (PGPASSFILE) or a service file.
+Exit status: 0 done (and identical, for copy and verify), 1 source and target
+differ, 2 error (one line on stderr, nothing half-done that a rerun won't finish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from . import engine
+from .connection import Endpoints, connect, one_line
+from .errors import MigrationError, SchemaDrift, VerificationFailed
+from .freeze import freeze, unfreeze
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
+
+log = logging.getLogger("migrations")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return args.command(args)
+    except SchemaDrift as error:
+        _error(str(error))
+        return EXIT_DIFFERENT
+    except VerificationFailed as error:
+        _error(str(error))
+        return EXIT_DIFFERENT
+    except MigrationError as error:
+        _error(str(error))
+        return EXIT_ERROR
+    except psycopg.Error as error:
+        _error(f"database error: {one_line(error)}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted; run the same command again to resume")
+        return 130
+
+
+def _error(message: str) -> None:
+    print(f"migrations: error: {message}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m migrations",
+        description="Move one service's schema from the shared PostgreSQL instance into its own database.",
+        epilog="DSNs are libpq URLs or key=value strings without passwords: use PGPASSWORD or ~/.pgpass.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(name: str, handler, help_: str, *, target: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.set_defaults(command=handler)
+        sub.add_argument("--source", required=True, metavar="DSN", help="the shared instance")
+        sub.add_argument("--source-schema", required=True, metavar="NAME", help="the service's schema there")
+        if target:
+            sub.add_argument("--target", required=True, metavar="DSN", help="the service's new database")
+            sub.add_argument("--target-schema", metavar="NAME", help="schema in the new database (default: the source schema)")
+        return sub
+
+    plan = command("plan", _plan, "Compare source and target schemas and list what a copy would move. Writes nothing.")
+    plan.add_argument("--init", type=Path, metavar="FILE", help="compare with the target as this init SQL would leave it")
+
+    copy = command("copy", _copy, "Plan, init (optional), freeze the source, copy every table, verify.")
+    copy.add_argument("--init", type=Path, metavar="FILE", help="init SQL to apply first (else the tables must exist)")
+    copy.add_argument("--service-user", metavar="ROLE", help="grant this role what the service needs in its schema")
+    copy.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections (default: cores)")
+    copy.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+
+    verify = command("verify", _verify, "Compare row counts and checksums of every table. Writes nothing.")
+    verify.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections")
+    verify.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+
+    command("freeze", _freeze, "Refuse every write to the source schema (what copy does first).", target=False)
+    command("unfreeze", _unfreeze, "Lift the write freeze on the source schema.", target=False)
+    return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _endpoints(args: argparse.Namespace) -> Endpoints:
+    return Endpoints(args.source, args.source_schema, args.target, args.target_schema or args.source_schema)
+
+
+def _read_init(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MigrationError(f"cannot read init SQL {path}: {error.strerror if isinstance(error, OSError) else error}") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    result = engine.plan(_endpoints(args), _read_init(args.init))
+    table = RichTable("table", "rows (estimate)", "size", "copy format", title=f"schema {result.source.schema}")
+    for t in sorted(result.source.tables.values(), key=lambda t: t.name):
+        table.add_row(t.name, f"{t.row_estimate:,}", f"{t.size_bytes / 1e6:.1f} MB", "binary" if t.binary_copy else "text")
+    Console().print(table)
+    for difference in result.differences:
+        print(f"drift: {difference}")
+    return EXIT_DIFFERENT if result.differences else EXIT_OK
+
+
+def _copy(args: argparse.Namespace) -> int:
+    report = engine.migrate(
+        _endpoints(args), init_sql=_read_init(args.init), service_user=args.service_user, jobs=args.jobs
+    )
+    return _print_report(report, args.report)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = engine.verify(_endpoints(args), jobs=args.jobs)
+    status = _print_report(report, args.report)
+    if not report.verified:
+        _error("source and target differ in " + ", ".join(report.mismatched))
+    return status
+
+
+def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
+    table = RichTable("table", "rows", "checksum", "copied", "", title=f"{report.source} -> {report.target}")
+    for t in report.tables:
+        copied = f"{t.copied_bytes / 1e6:.1f} MB in {t.copy_seconds:.2f} s" if t.copied_bytes is not None else "-"
+        table.add_row(t.table, f"{t.rows:,}", t.checksum, copied, "DIFFERENT" if t.table in report.mismatched else "identical")
+    Console().print(table)
+    if path:
+        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK if report.verified else EXIT_DIFFERENT
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    with connect(args.source, "source") as conn:
+        tables = freeze(conn, args.source_schema)
+    print(f"froze {len(tables)} tables of schema {args.source_schema}")
+    return EXIT_OK
+
+
+def _unfreeze(args: argparse.Namespace) -> int:
+    with connect(args.source, "source") as conn:
+        tables = unfreeze(conn, args.source_schema)
+    print(f"lifted the freeze on {len(tables)} tables of schema {args.source_schema}")
+    return EXIT_OK

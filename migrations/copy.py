@@ -1,0 +1,151 @@
+"""The copy: every table streamed from one source snapshot into the target.
+
+Each table moves in one target transaction that empties it, loads it with
+``COPY ... FROM STDIN (FREEZE)`` fed straight from the source's ``COPY ... TO
+STDOUT``, and records it as copied. A run killed mid-table therefore leaves the
+table empty and unrecorded, and the next run copies it again. Rows pass through
+this process in fixed-size blocks, so memory stays flat whatever the table size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg
+from psycopg import IsolationLevel, sql
+
+from . import state
+from .catalog import Table
+from .connection import Endpoints
+from .errors import ForeignRows, MigrationError
+from .parallel import run_all
+
+log = logging.getLogger(__name__)
+
+WRITE_BLOCK = 128 * 1024  # psycopg's largest single libpq write
+PROGRESS_EVERY = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TableCopy:
+    table: str
+    rows: int
+    bytes: int
+    seconds: float
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+
+class CopyObserver(Protocol):
+    """Told how each table's copy goes; the CLI logs it, the rehearsal draws bars."""
+
+    def started(self, table: Table) -> None: ...
+
+    def advanced(self, table: Table, rows: int, bytes_: int) -> None: ...
+
+    def finished(self, table: Table, result: TableCopy) -> None: ...
+
+
+class LogObserver:
+    """Progress as log lines: one when a table starts, a few while it runs, one when done."""
+
+    def __init__(self, every_seconds: float = 10.0):
+        self.every_seconds = every_seconds
+        self._last: dict[str, float] = {}
+
+    def started(self, table: Table) -> None:
+        self._last[table.name] = time.monotonic()
+        log.info("copying %s (about %s rows)", table.name, f"{table.row_estimate:,}")
+
+    def advanced(self, table: Table, rows: int, bytes_: int) -> None:
+        now = time.monotonic()
+        if now - self._last.get(table.name, now) >= self.every_seconds:
+            self._last[table.name] = now
+            log.info("copying %s: %s rows, %.1f MB so far", table.name, f"{rows:,}", bytes_ / 1e6)
+
+    def finished(self, table: Table, result: TableCopy) -> None:
+        log.info(
+            "copied %s: %s rows, %.1f MB in %.2f s (%.1f MB/s)",
+            table.name, f"{result.rows:,}", result.bytes / 1e6, result.seconds, result.mb_per_second,
+        )
+
+
+def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: CopyObserver) -> list[TableCopy]:
+    """Copy ``tables`` on ``jobs`` connections that share one exported source snapshot."""
+    if not tables:
+        return []
+    with endpoints.connect_source() as coordinator:
+        # The exporting transaction must stay open until every worker has imported the snapshot.
+        coordinator.isolation_level = IsolationLevel.REPEATABLE_READ
+        coordinator.read_only = True
+        snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
+        return run_all(jobs, [lambda t=t: _copy_table(endpoints, snapshot, t, observer) for t in largest_first])
+
+
+def _copy_table(endpoints: Endpoints, snapshot: str, table: Table, observer: CopyObserver) -> TableCopy:
+    columns = sql.SQL(", ").join(map(sql.Identifier, table.copied_columns))
+    format_ = sql.SQL("binary" if table.binary_copy else "text")
+    source_table = sql.Identifier(endpoints.source_schema, table.name)
+    target_table = sql.Identifier(endpoints.target_schema, table.name)
+    # FREEZE writes the rows already visible to all, sparing the target a
+    # rewrite of every page at its first vacuum; partitioned tables refuse it.
+    options = sql.SQL("FORMAT {}, FREEZE").format(format_) if not table.partitioned else sql.SQL("FORMAT {}").format(format_)
+
+    observer.started(table)
+    started = time.monotonic()
+    with endpoints.connect_source() as source, endpoints.connect_target() as target:
+        source.isolation_level = IsolationLevel.REPEATABLE_READ
+        source.read_only = True
+        source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        with target.cursor() as cur, source.cursor() as out_cur:
+            cur.execute("SET LOCAL synchronous_commit = off")
+            cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target_table))
+            if cur.fetchone()[0]:
+                raise ForeignRows(
+                    f"target table {endpoints.target_schema}.{table.name} holds rows this engine did not write;"
+                    " refusing to overwrite them"
+                )
+            # Empty (just checked): truncating it lets COPY FREEZE apply.
+            cur.execute(sql.SQL("TRUNCATE {}").format(target_table))
+            bytes_ = _stream(
+                out_cur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(columns, source_table, format_)),
+                cur.copy(sql.SQL("COPY {} ({}) FROM STDIN ({})").format(target_table, columns, options)),
+                lambda rows, sent: observer.advanced(table, rows, sent),
+            )
+            if cur.rowcount != out_cur.rowcount:
+                raise MigrationError(
+                    f"copy of {table.name} wrote {cur.rowcount} rows but the source sent {out_cur.rowcount}"
+                )
+            result = TableCopy(table.name, cur.rowcount, bytes_, time.monotonic() - started)
+            state.record_copy(cur, endpoints.target_schema, table.name, result.rows, result.bytes, result.seconds)
+        target.commit()
+    observer.finished(table, result)
+    return result
+
+
+def _stream(copy_out: psycopg.Copy, copy_in: psycopg.Copy, advanced) -> int:
+    """Forward the COPY data stream in blocks; return the bytes sent."""
+    sent = rows = reported = 0
+    block = bytearray()
+    with copy_out as out, copy_in as into:
+        for data in out:
+            block += data
+            rows += 1
+            if len(block) >= WRITE_BLOCK:
+                into.write(bytes(block))
+                sent += len(block)
+                del block[:]
+                if sent - reported >= PROGRESS_EVERY:
+                    reported = sent
+                    advanced(rows, sent)
+        if block:
+            into.write(bytes(block))
+            sent += len(block)
+    return sent

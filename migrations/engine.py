@@ -1,0 +1,266 @@
+"""The migration of one service's schema: plan, init, freeze, copy, verify.
+
+``migrate`` is what ``python -m migrations copy``, the rehearsal and the Pulumi
+``SchemaMigration`` resource all call. Every refusal (drift, rows of unknown
+origin, a missing role) happens before the first write; every write after that
+is resumable (see ``state``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from . import deferred, state
+from .catalog import Catalog, compare, read_catalog
+from .connection import Endpoints, one_line
+from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
+from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
+from .freeze import freeze
+from .parallel import run_all
+from .sequences import carry_sequences
+from .verify import TableVerification, verify_tables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a copy would move, and why it would refuse."""
+
+    source: Catalog
+    target: Catalog
+    differences: list[str]
+
+
+@dataclass
+class TableReport:
+    table: str
+    rows: int
+    checksum: str
+    copied_bytes: int | None = None  # None: copied by an earlier run
+    copy_seconds: float | None = None
+
+
+@dataclass
+class MigrationReport:
+    source: str
+    target: str
+    tables: list[TableReport] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    copy_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    duration_seconds: float = 0.0
+
+    @property
+    def verified(self) -> bool:
+        return not self.mismatched
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"verified": self.verified}
+
+
+def plan(endpoints: Endpoints, init_sql: str | None = None) -> Plan:
+    """Compare source and target schemas; with ``init_sql`` the target is compared as it would be after it."""
+    with endpoints.connect_source() as source, endpoints.connect_target() as target:
+        source_catalog = _read_source(source, endpoints)
+        with target.cursor() as cur:
+            if init_sql is not None:
+                _apply_init(cur, endpoints.target_schema, init_sql)
+            target_catalog = read_catalog(target, endpoints.target_schema)
+        target.rollback()  # planning writes nothing
+    return Plan(source_catalog, target_catalog, compare(source_catalog, target_catalog))
+
+
+def migrate(
+    endpoints: Endpoints,
+    *,
+    init_sql: str | None = None,
+    service_user: str | None = None,
+    jobs: int = 2,
+    observer: CopyObserver | None = None,
+) -> MigrationReport:
+    """Init the target, freeze the source, copy, verify. Safe to run again after any failure."""
+    started = time.monotonic()
+    observer = observer or LogObserver()
+    with endpoints.connect_target(autocommit=True) as lock_holder:
+        if not state.lock(lock_holder, endpoints.target_schema):
+            raise MigrationError(f"another migration into {endpoints.target_identity} is running")
+        with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            source_catalog = _read_source(source, endpoints)
+            run = _prepare_target(target, endpoints, source_catalog, init_sql, service_user)
+            source.commit()
+            newly_frozen = freeze(source, endpoints.source_schema)
+            log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
+
+            with target.cursor() as cur:
+                already_copied = state.copied_tables(cur, endpoints.target_schema)
+            target.commit()
+            pending = [t for name, t in source_catalog.tables.items() if name not in already_copied]
+            copy_started = time.monotonic()
+            copies = _copy(endpoints, target, run, pending, jobs, observer)
+            if not run.finished:
+                _finish(endpoints, source, target, source_catalog, jobs)
+            copy_seconds = time.monotonic() - copy_started
+
+        verify_started = time.monotonic()
+        verifications = verify_tables(endpoints, list(source_catalog.tables.values()), jobs)
+        report = _report(endpoints, copies, verifications)
+        report.copy_seconds = copy_seconds
+        report.verify_seconds = time.monotonic() - verify_started
+        report.duration_seconds = time.monotonic() - started
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            state.record_verification(cur, endpoints.target_schema, report.to_dict())
+    if not report.verified:
+        raise VerificationFailed(report.mismatched)
+    log.info("verified %s: %d tables identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity)
+    return report
+
+
+def verify(endpoints: Endpoints, jobs: int = 2) -> MigrationReport:
+    """Compare every source table with its copy; changes nothing."""
+    started = time.monotonic()
+    with endpoints.connect_source() as source:
+        catalog = _read_source(source, endpoints)
+    report = _report(endpoints, [], verify_tables(endpoints, list(catalog.tables.values()), jobs))
+    report.verify_seconds = report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def evolve(endpoints: Endpoints, *, init_sql: str, service_user: str | None = None) -> None:
+    """Apply a changed init SQL (and the grants) to a target the service already uses. Copies nothing."""
+    with endpoints.connect_target() as target, target.transaction(), target.cursor() as cur:
+        _apply_init(cur, endpoints.target_schema, init_sql)
+        if service_user:
+            _grant(cur, endpoints.target_schema, service_user)
+
+
+def _read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
+    catalog = read_catalog(source, endpoints.source_schema)
+    if not catalog.exists:
+        raise MigrationError(f"source schema {endpoints.source_identity} does not exist")
+    if not catalog.tables:
+        raise MigrationError(f"source schema {endpoints.source_identity} has no tables")
+    return catalog
+
+
+def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str) -> None:
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)))
+    # The script may name its own types unqualified.
+    cur.execute(sql.SQL("SET LOCAL search_path = {}, pg_catalog").format(sql.Identifier(target_schema)))
+    try:
+        cur.execute(init_sql)
+    except psycopg.Error as error:
+        raise MigrationError(f"init SQL failed on the target, nothing was written: {one_line(error)}") from None
+    cur.execute("SET LOCAL search_path = pg_catalog")
+
+
+def _prepare_target(
+    target: psycopg.Connection,
+    endpoints: Endpoints,
+    source_catalog: Catalog,
+    init_sql: str | None,
+    service_user: str | None,
+) -> state.Run:
+    """Init, drift check, ownership check and grants, in one transaction: all or nothing."""
+    with target.transaction(), target.cursor() as cur:
+        state.ensure(cur)
+        run = state.load_run(cur, endpoints.target_schema)
+        if run and run.source != endpoints.source_identity:
+            raise MigrationError(
+                f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
+            )
+        if init_sql is not None:
+            _apply_init(cur, endpoints.target_schema, init_sql)
+        target_catalog = read_catalog(target, endpoints.target_schema)
+        if differences := compare(source_catalog, target_catalog):
+            raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, differences)
+        already_copied = state.copied_tables(cur, endpoints.target_schema)
+        for name in sorted(source_catalog.tables.keys() - already_copied):
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(endpoints.target_schema, name)))
+            if cur.fetchone()[0]:
+                raise ForeignRows(
+                    f"target table {endpoints.target_schema}.{name} on {endpoints.target_identity} holds rows"
+                    " this engine did not write; refusing to overwrite them"
+                )
+        if service_user:
+            _grant(cur, endpoints.target_schema, service_user)
+        state.start_run(cur, endpoints.target_schema, endpoints.source_identity)
+        return state.load_run(cur, endpoints.target_schema)
+
+
+def _grant(cur: psycopg.Cursor, schema: str, user: str) -> None:
+    """What the service needs to work in its schema, and no more."""
+    cur.execute("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (user,))
+    if not cur.fetchone()[0]:
+        raise MigrationError(f"service user {user} does not exist on the target")
+    schema_id, user_id = sql.Identifier(schema), sql.Identifier(user)
+    for statement in (
+        "GRANT USAGE ON SCHEMA {schema} TO {user}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {user}",
+        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {user}",
+    ):
+        cur.execute(sql.SQL(statement).format(schema=schema_id, user=user_id))
+
+
+def _copy(
+    endpoints: Endpoints,
+    target: psycopg.Connection,
+    run: state.Run,
+    pending: list,
+    jobs: int,
+    observer: CopyObserver,
+) -> list[TableCopy]:
+    if not pending:
+        return []
+    if not run.deferred:
+        with target.transaction(), target.cursor() as cur:
+            objects = deferred.set_aside(cur, endpoints.target_schema)
+            state.record_deferred(cur, endpoints.target_schema, objects)
+        log.info("set aside %d indexes and constraints for the load", len(objects))
+    return copy_tables(endpoints, pending, jobs, observer)
+
+
+def _finish(
+    endpoints: Endpoints,
+    source: psycopg.Connection,
+    target: psycopg.Connection,
+    catalog: Catalog,
+    jobs: int,
+) -> None:
+    """Rebuild what was set aside, carry sequences, gather planner statistics."""
+    restored = deferred.restore(endpoints.connect_target, endpoints.target_schema, lambda tasks: run_all(jobs, tasks))
+    log.info("rebuilt %d indexes and constraints", restored)
+    positions = carry_sequences(source, target, catalog, endpoints.target_schema)
+    log.info("set %d sequences", len(positions))
+    run_all(jobs, [lambda name=name: _analyze(endpoints, name) for name in catalog.tables])
+    with target.transaction(), target.cursor() as cur:
+        state.finish_run(cur, endpoints.target_schema)
+
+
+def _analyze(endpoints: Endpoints, table: str) -> None:
+    with endpoints.connect_target(autocommit=True) as conn:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(endpoints.target_schema, table)))
+
+
+def _report(endpoints: Endpoints, copies: list[TableCopy], verifications: list[TableVerification]) -> MigrationReport:
+    copied = {c.table: c for c in copies}
+    report = MigrationReport(endpoints.source_identity, endpoints.target_identity)
+    for v in verifications:
+        copy = copied.get(v.table)
+        report.tables.append(
+            TableReport(
+                v.table,
+                v.target.rows,
+                v.target.checksum,
+                copy.bytes if copy else None,
+                round(copy.seconds, 3) if copy else None,
+            )
+        )
+        if not v.identical:
+            report.mismatched.append(v.table)
+    return report

@@ -1,0 +1,141 @@
+"""What the engine has done to a target, kept in the target itself.
+
+Each step commits its bookkeeping in the same transaction as its work, so a run
+killed at any point (even ``kill -9``) leaves either both or neither, and the
+next run carries on from there. The tables live in their own schema, which the
+service user is never granted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+STATE_SCHEMA = "schema_migration"
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS schema_migration;
+CREATE TABLE IF NOT EXISTS schema_migration.run (
+  target_schema text PRIMARY KEY,
+  source        text NOT NULL,         -- host:port/dbname/schema, never a password
+  started_at    timestamptz NOT NULL DEFAULT now(),
+  deferred      boolean NOT NULL DEFAULT false,  -- indexes and constraints set aside for the load
+  finished_at   timestamptz,           -- every table copied, objects restored, sequences set
+  verified_at   timestamptz,
+  report        jsonb
+);
+CREATE TABLE IF NOT EXISTS schema_migration.copied_table (
+  target_schema text NOT NULL,
+  table_name    text NOT NULL,
+  rows          bigint NOT NULL,
+  bytes         bigint NOT NULL,
+  seconds       double precision NOT NULL,
+  copied_at     timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (target_schema, table_name)
+);
+CREATE TABLE IF NOT EXISTS schema_migration.deferred_object (
+  target_schema text NOT NULL,
+  table_name    text NOT NULL,
+  object_name   text NOT NULL,
+  kind          text NOT NULL CHECK (kind IN ('index', 'key', 'foreign key')),
+  definition    text NOT NULL,         -- the statement that restores it
+  restored      boolean NOT NULL DEFAULT false,
+  PRIMARY KEY (target_schema, table_name, object_name)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    source: str
+    deferred: bool
+    finished: bool
+
+
+@dataclass(frozen=True)
+class DeferredObject:
+    table: str
+    name: str
+    kind: str
+    definition: str
+
+
+def ensure(cur: psycopg.Cursor) -> None:
+    """Create the bookkeeping tables if they are missing."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (STATE_SCHEMA,))
+    cur.execute(_DDL)
+
+
+def lock(conn: psycopg.Connection, target_schema: str) -> bool:
+    """Take the session lock that keeps two runs off one target schema."""
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"{STATE_SCHEMA}:{target_schema}",)).fetchone()
+    return bool(row and row[0])
+
+
+def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
+    cur.execute(
+        "SELECT source, deferred, finished_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
+        (target_schema,),
+    )
+    row = cur.fetchone()
+    return Run(*row) if row else None
+
+
+def start_run(cur: psycopg.Cursor, target_schema: str, source: str) -> None:
+    cur.execute(
+        "INSERT INTO schema_migration.run (target_schema, source) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (target_schema, source),
+    )
+
+
+def copied_tables(cur: psycopg.Cursor, target_schema: str) -> set[str]:
+    cur.execute("SELECT table_name FROM schema_migration.copied_table WHERE target_schema = %s", (target_schema,))
+    return {name for (name,) in cur.fetchall()}
+
+
+def record_copy(cur: psycopg.Cursor, target_schema: str, table: str, rows: int, bytes_: int, seconds: float) -> None:
+    cur.execute(
+        "INSERT INTO schema_migration.copied_table (target_schema, table_name, rows, bytes, seconds)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (target_schema, table, rows, bytes_, seconds),
+    )
+
+
+def record_deferred(cur: psycopg.Cursor, target_schema: str, objects: list[DeferredObject]) -> None:
+    cur.executemany(
+        "INSERT INTO schema_migration.deferred_object (target_schema, table_name, object_name, kind, definition)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        [(target_schema, o.table, o.name, o.kind, o.definition) for o in objects],
+    )
+    cur.execute("UPDATE schema_migration.run SET deferred = true WHERE target_schema = %s", (target_schema,))
+
+
+def pending_objects(cur: psycopg.Cursor, target_schema: str) -> list[DeferredObject]:
+    cur.execute(
+        "SELECT table_name, object_name, kind, definition FROM schema_migration.deferred_object"
+        " WHERE target_schema = %s AND NOT restored ORDER BY table_name, object_name",
+        (target_schema,),
+    )
+    return [DeferredObject(*row) for row in cur.fetchall()]
+
+
+def mark_restored(cur: psycopg.Cursor, target_schema: str, obj: DeferredObject) -> None:
+    cur.execute(
+        "UPDATE schema_migration.deferred_object SET restored = true"
+        " WHERE target_schema = %s AND table_name = %s AND object_name = %s",
+        (target_schema, obj.table, obj.name),
+    )
+
+
+def finish_run(cur: psycopg.Cursor, target_schema: str) -> None:
+    cur.execute("UPDATE schema_migration.run SET finished_at = now() WHERE target_schema = %s", (target_schema,))
+
+
+def record_verification(cur: psycopg.Cursor, target_schema: str, report: dict[str, Any]) -> None:
+    cur.execute(
+        "UPDATE schema_migration.run SET verified_at = now(), report = %s WHERE target_schema = %s",
+        (Jsonb(report), target_schema),
+    )

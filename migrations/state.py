@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 STATE_SCHEMA = "schema_migration"
@@ -69,10 +70,20 @@ def ensure(cur: psycopg.Cursor) -> None:
     cur.execute(_DDL)
 
 
-def lock(conn: psycopg.Connection, target_schema: str) -> bool:
-    """Take the session lock that keeps two runs off one target schema."""
-    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"{STATE_SCHEMA}:{target_schema}",)).fetchone()
-    return bool(row and row[0])
+def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -> bool:
+    """Take the session lock that keeps two runs off one target schema.
+
+    Waits a little: the server may not yet have noticed that a killed run's
+    connection is gone.
+    """
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{wait_seconds}s")))
+    try:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{STATE_SCHEMA}:{target_schema}",))
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("RESET lock_timeout")
+    return True
 
 
 def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import pytest
 from psycopg import sql
 
 from migrations.localserver import LocalServer
+from migrations.sample_data import create_shared_source, fill_shared_source
+from tests.support import ROOT, SERVICE_PASSWORD, SERVICES, Service, create_database, drop_database
 
 NewDatabase = Callable[..., str]
 
@@ -48,17 +49,15 @@ def target_server(pg_root: Path) -> Iterator[LocalServer]:
 
 @pytest.fixture
 def new_database() -> Iterator[NewDatabase]:
-    """Factory: ``new_database(server, prefix="db") -> conninfo`` of a fresh database.
+    """Factory: ``new_database(server, prefix="db", template="template0") -> conninfo`` of a fresh database.
 
     The database is owned by the superuser; it is dropped (connections
     terminated first) when the test ends.
     """
     created: list[tuple[LocalServer, str]] = []
 
-    def make(server: LocalServer, prefix: str = "db") -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    def make(server: LocalServer, prefix: str = "db", template: str = "template0") -> str:
+        name = create_database(server, prefix, template)
         created.append((server, name))
         return server.conninfo(name)
 
@@ -67,37 +66,49 @@ def new_database() -> Iterator[NewDatabase]:
     errors: list[Exception] = []
     for server, name in reversed(created):
         try:
-            _drop_database(server, name)
+            drop_database(server, name)
         except Exception as exc:  # noqa: BLE001 - try every database, report the first failure
             errors.append(exc)
     if errors:
         raise errors[0]
 
 
-def _drop_database(server: LocalServer, name: str) -> None:
-    """Drop ``name`` even if tests left subscriptions, slots or sessions behind."""
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if row is None:
-            return
-        subscriptions = conn.execute(
-            "SELECT subname FROM pg_subscription WHERE subdbid = %s", (row[0],)
-        ).fetchall()
-        if subscriptions:
-            with psycopg.connect(server.conninfo(name), autocommit=True) as db:
-                for (sub,) in subscriptions:
-                    ident = sql.Identifier(sub)
-                    db.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
-                    db.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
-                    db.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
-        conn.execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-            " WHERE database = %s AND NOT active",
-            (name,),
-        )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+@pytest.fixture(scope="session")
+def service_roles(source_server: LocalServer, target_server: LocalServer) -> None:
+    """Each service's login role, on the shared instance (as today) and on the new servers."""
+    for server in (source_server, target_server):
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            for service in SERVICES:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                        sql.Identifier(service.user), sql.Literal(SERVICE_PASSWORD)
+                    )
+                )
+                server.add_password(service.user, SERVICE_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def shared_template(source_server: LocalServer, service_roles: None) -> Iterator[str]:
+    """A database laid out as today's shared instance, filled once; tests clone it."""
+    name = create_database(source_server, "shared_template")
+    with psycopg.connect(source_server.conninfo(name), autocommit=True) as conn:
+        create_shared_source(conn, ROOT / "sql")
+        fill_shared_source(conn, scale=200, seed=7)
+        for service in SERVICES:
+            schema, user = sql.Identifier(service.schema), sql.Identifier(service.user)
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, user))
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(schema, user))
+    yield name
+    drop_database(source_server, name)
+
+
+@pytest.fixture
+def shared_source(source_server: LocalServer, shared_template: str, new_database: NewDatabase) -> str:
+    """A fresh copy of the shared instance's database for one test; its conninfo."""
+    return new_database(source_server, "shared", shared_template)
+
+
+@pytest.fixture
+def service_target(target_server: LocalServer, service_roles: None, new_database: NewDatabase) -> Callable[[Service], str]:
+    """Factory: an empty new database for a service on the (SSL-only) target server; its conninfo."""
+    return lambda service: new_database(target_server, service.database)

@@ -1,0 +1,115 @@
+"""``python -m migrations`` as a user runs it: exit codes, one-line errors, no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from migrations.freeze import unfrozen_tables
+from migrations.localserver import free_port
+
+from tests.support import ROOT, SERVICES
+
+RECRUITMENT = next(s for s in SERVICES if s.schema == "recruitment")
+SECRET = "correct-horse-battery-staple"
+
+
+def migrations(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "migrations", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_help_documents_every_command():
+    result = migrations("--help")
+    assert result.returncode == 0
+    for command in ("plan", "copy", "verify", "freeze", "unfreeze"):
+        assert command in result.stdout
+        sub = migrations(command, "--help")
+        assert sub.returncode == 0 and "--source" in sub.stdout
+
+
+def test_copy_then_verify_then_a_changed_row_is_reported(shared_source, service_target, tmp_path):
+    target = service_target(RECRUITMENT)
+    init = ROOT / "sql" / f"{RECRUITMENT.database}_init.sql"
+    report_file = tmp_path / "report.json"
+    endpoints = ["--source", shared_source, "--source-schema", "recruitment", "--target", target]
+
+    copied = migrations("copy", *endpoints, "--init", str(init), "--service-user", RECRUITMENT.user, "--jobs", "2", "--report", str(report_file))
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(report_file.read_text())
+    assert report["verified"] and {t["table"] for t in report["tables"]} >= {"candidates", "job_postings"}
+
+    assert migrations("verify", *endpoints).returncode == 0
+    with psycopg.connect(target) as conn:
+        conn.execute("UPDATE recruitment.candidates SET full_name = full_name || '!' WHERE id = (SELECT id FROM recruitment.candidates ORDER BY id LIMIT 1)")
+    different = migrations("verify", *endpoints)
+    assert different.returncode == 1
+    assert "candidates" in different.stderr and "Traceback" not in different.stderr
+
+
+def test_plan_lists_tables_and_exits_1_on_drift(shared_source, service_target, tmp_path):
+    target = service_target(RECRUITMENT)
+    drifted = tmp_path / "drifted.sql"
+    drifted.write_text(RECRUITMENT.init_sql + "\n;ALTER TABLE recruitment.candidates DROP COLUMN full_name;\n")
+    endpoints = ["--source", shared_source, "--source-schema", "recruitment", "--target", target]
+
+    clean = migrations("plan", *endpoints, "--init", str(ROOT / "sql" / "recruitment_init.sql"))
+    assert clean.returncode == 0, clean.stderr
+    assert "candidates" in clean.stdout
+    drift = migrations("plan", *endpoints, "--init", str(drifted))
+    assert drift.returncode == 1
+    assert "column candidates.full_name is missing in the target" in drift.stdout
+
+
+def test_freeze_and_unfreeze(shared_source):
+    source = ["--source", shared_source, "--source-schema", "recruitment"]
+    assert migrations("freeze", *source).returncode == 0
+    with psycopg.connect(shared_source) as conn:
+        assert unfrozen_tables(conn, "recruitment") == []
+    assert migrations("unfreeze", *source).returncode == 0
+    with psycopg.connect(shared_source) as conn:
+        assert len(unfrozen_tables(conn, "recruitment")) >= 4
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (f"postgresql://migrator:{SECRET}@127.0.0.1:{free_port()}/shared", "cannot connect to source 127.0.0.1:"),
+        (f"host=127.0.0.1 password {SECRET}", "source connection string is not a valid"),
+    ],
+    ids=["server unreachable", "malformed DSN"],
+)
+def test_errors_are_one_line_without_secrets(source, message, service_target):
+    result = migrations("copy", "--source", source, "--source-schema", "recruitment", "--target", service_target(RECRUITMENT))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("migrations: error: ") and message in lines[0]
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_a_wrong_password_is_reported_without_it(shared_source, service_target, source_server):
+    source = make_conninfo(source_server.conninfo(psycopg.conninfo.conninfo_to_dict(shared_source)["dbname"]), user=RECRUITMENT.user, password=SECRET, passfile="/nonexistent")
+    result = migrations("copy", "--source", source, "--source-schema", "recruitment", "--target", service_target(RECRUITMENT))
+    assert result.returncode == 2
+    assert "password authentication failed" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_a_missing_init_file_stops_before_any_write(shared_source, service_target, tmp_path):
+    result = migrations(
+        "copy", "--source", shared_source, "--source-schema", "recruitment",
+        "--target", service_target(RECRUITMENT), "--init", str(tmp_path / "nope.sql"),
+    )
+    assert result.returncode == 2
+    assert "cannot read init SQL" in result.stderr and "nope.sql" in result.stderr
+    with psycopg.connect(shared_source) as conn:
+        assert unfrozen_tables(conn, "recruitment")  # not frozen: nothing was written

@@ -1,0 +1,103 @@
+"""The SchemaMigration provider, served by the SDK's own host over gRPC, against real servers."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from components.schema_migration import SchemaMigrationProvider
+from migrations.freeze import unfrozen_tables
+from tests.provider.harness import DynamicProviderHost, ProviderError, secret
+from tests.support import SERVICES, table_rows
+
+CAMPAIGNS = next(s for s in SERVICES if s.schema == "campaign_management")
+SECRET = "migrator-password-never-shown"
+
+
+@pytest.fixture(scope="module")
+def migrator(source_server, target_server) -> str:
+    """A migration role with a password, on both servers: the URLs below carry it."""
+    for server in (source_server, target_server):
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE migrator SUPERUSER LOGIN PASSWORD {}").format(sql.Literal(SECRET)))
+    return "migrator"
+
+
+def _with_password(conninfo: str, user: str) -> str:
+    return make_conninfo(conninfo, user=user, password=SECRET, passfile="/nonexistent")
+
+
+@pytest.fixture
+def inputs(shared_source, service_target, migrator) -> dict:
+    return {
+        "source_url": secret(_with_password(shared_source, migrator)),
+        "source_schema": CAMPAIGNS.schema,
+        "target_url": secret(_with_password(service_target(CAMPAIGNS), migrator)),
+        "target_schema": CAMPAIGNS.schema,
+        "service_user": CAMPAIGNS.user,
+        "init_sql": CAMPAIGNS.init_sql,
+        "jobs": 2,
+    }
+
+
+def _plain(props: dict) -> dict:
+    return {key: value["value"] if isinstance(value, dict) and "value" in value else value for key, value in props.items()}
+
+
+def test_create_diff_update_delete_through_the_sdk_host(inputs, shared_source):
+    provider = SchemaMigrationProvider()
+    target = _plain(inputs)["target_url"]
+    with DynamicProviderHost(resource_type="pulumi-python:dynamic/hexabuilders:SchemaMigration") as host:
+        checked = host.check(provider, inputs)
+        resource_id, outputs = host.create(provider, checked)
+
+        source_rows = table_rows(shared_source, CAMPAIGNS.schema)
+        assert table_rows(target, CAMPAIGNS.schema) == source_rows
+        assert {name: t["rows"] for name, t in outputs["tables"].items()} == {n: len(r) for n, r in source_rows.items()}
+        assert outputs["duration_seconds"] > 0
+        assert "source_url" not in outputs and "target_url" not in outputs
+        assert SECRET not in json.dumps(outputs) + resource_id
+
+        assert host.diff(provider, resource_id, outputs, checked).changes is False
+
+        evolved = checked | {
+            "init_sql": CAMPAIGNS.init_sql
+            + "\nCREATE INDEX IF NOT EXISTS campaigns_name_lower_idx ON campaign_management.campaigns (lower(name));\n"
+        }
+        diff = host.diff(provider, resource_id, outputs, evolved)
+        assert diff.changes is True and diff.replaces == []
+        updated = host.update(provider, resource_id, outputs, evolved)
+        assert updated["tables"] == outputs["tables"]  # the update copied nothing
+        assert updated["init_sql_sha256"] != outputs["init_sql_sha256"]
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT to_regclass('campaign_management.campaigns_name_lower_idx')").fetchone()[0]
+        assert table_rows(target, CAMPAIGNS.schema) == source_rows
+
+        moved = host.diff(provider, resource_id, updated, evolved | {"source_schema": "elsewhere"})
+        assert "source_schema" in moved.replaces
+
+        host.delete(provider, resource_id, updated)
+        assert table_rows(target, CAMPAIGNS.schema) == source_rows  # delete keeps the data
+        with psycopg.connect(shared_source) as conn:
+            assert unfrozen_tables(conn, CAMPAIGNS.schema) == []
+        assert SECRET not in host.stderr_text()
+
+
+def test_a_refused_migration_fails_the_create_with_the_reason_and_no_secret(inputs):
+    provider = SchemaMigrationProvider()
+    drifted = inputs | {"init_sql": CAMPAIGNS.init_sql + "\n;ALTER TABLE campaign_management.campaigns DROP COLUMN name;\n"}
+    with DynamicProviderHost() as host:
+        with pytest.raises(ProviderError) as failure:
+            host.create(provider, host.check(provider, drifted))
+        assert "column campaigns.name is missing in the target" in failure.value.details
+        assert SECRET not in failure.value.details + host.stderr_text()
+
+
+def test_check_rejects_missing_inputs(inputs):
+    with DynamicProviderHost() as host:
+        with pytest.raises(Exception, match="init_sql"):
+            host.check(SchemaMigrationProvider(), inputs | {"init_sql": ""})

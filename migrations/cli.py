@@ -23,6 +23,8 @@ from . import engine
 from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .freeze import freeze, unfreeze
+from .localserver import LocalServerError
+from .rehearsal import Options, rehearse
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except VerificationFailed as error:
         _error(str(error))
         return EXIT_DIFFERENT
-    except MigrationError as error:
+    except (MigrationError, LocalServerError) as error:
         _error(str(error))
         return EXIT_ERROR
     except psycopg.Error as error:
@@ -91,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     verify = command("verify", _verify, "Compare row counts and checksums of every table. Writes nothing.")
     verify.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections")
     verify.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+
+    rehearse = commands.add_parser(
+        "rehearse",
+        help="Rehearse the whole separation on local servers and check the success criteria.",
+        description="Start a local shared instance and one server per service, fill it with generated data, "
+        "migrate every service and check the seed guide's success criteria. Needs only the PostgreSQL server binaries.",
+    )
+    rehearse.set_defaults(command=_rehearse)
+    rehearse.add_argument("--scale", type=_positive, default=Options.scale, metavar="PARTNERS", help="partners to generate; the rest grows with it (default %(default)s, about 24 rows each)")
+    rehearse.add_argument("--seed", type=int, default=Options.seed, help="seed of the generated data (default %(default)s)")
+    rehearse.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections per service")
+    rehearse.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
+    rehearse.add_argument("--keep", action="store_true", help="leave the servers running and print how to reach them")
+    rehearse.add_argument("--workdir", type=Path, metavar="DIR", help="where the servers live (default: a new temporary directory)")
+    rehearse.add_argument("--stack-file", type=Path, default=Options.stack_file, metavar="FILE", help="stack config that lists the services (default: Pulumi.dev.yaml)")
 
     command("freeze", _freeze, "Refuse every write to the source schema (what copy does first).", target=False)
     command("unfreeze", _unfreeze, "Lift the write freeze on the source schema.", target=False)
@@ -152,6 +169,25 @@ def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
     if path:
         path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return EXIT_OK if report.verified else EXIT_DIFFERENT
+
+
+def _rehearse(args: argparse.Namespace) -> int:
+    console = Console()
+    options = Options(scale=args.scale, seed=args.seed, jobs=args.jobs, keep=args.keep, workdir=args.workdir, stack_file=args.stack_file)
+    report = rehearse(options, console)
+    table = RichTable("criterion", "result", "figure", title="Success criteria")
+    for criterion in report.criteria:
+        table.add_row(criterion.name, "[green]PASS[/green]" if criterion.passed else "[red]FAIL[/red]", criterion.figure)
+    console.print(table)
+    timings = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in report.seconds.items())
+    console.print(f"{'PASS' if report.passed else 'FAIL'} ({timings})")
+    if args.keep:
+        console.print("Servers left running (passwords are in each server's client/.pgpass under the work directory):")
+        for name, url in report.servers.items():
+            console.print(f"  {name:<22} {url}")
+    if args.report:
+        args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK if report.passed else EXIT_DIFFERENT
 
 
 def _freeze(args: argparse.Namespace) -> int:

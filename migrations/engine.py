@@ -194,17 +194,21 @@ def _prepare_target(
 
 
 def _grant(cur: psycopg.Cursor, schema: str, user: str) -> None:
-    """What the service needs to work in its schema, and no more."""
-    cur.execute("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (user,))
-    if not cur.fetchone()[0]:
+    """What the service needs to work in its schema, and no more; nobody else gets in."""
+    cur.execute("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s), current_database()", (user,))
+    exists, database = cur.fetchone()
+    if not exists:
         raise MigrationError(f"service user {user} does not exist on the target")
-    schema_id, user_id = sql.Identifier(schema), sql.Identifier(user)
+    names = {"database": sql.Identifier(database), "schema": sql.Identifier(schema), "user": sql.Identifier(user)}
     for statement in (
+        "REVOKE ALL ON DATABASE {database} FROM PUBLIC",
+        "GRANT CONNECT ON DATABASE {database} TO {user}",
+        "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
         "GRANT USAGE ON SCHEMA {schema} TO {user}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {user}",
         "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {user}",
     ):
-        cur.execute(sql.SQL(statement).format(schema=schema_id, user=user_id))
+        cur.execute(sql.SQL(statement).format(**names))
 
 
 def _copy(

@@ -46,13 +46,14 @@ def verify_tables(endpoints: Endpoints, tables: list[Table], jobs: int) -> list[
     ordered = sorted(tables, key=lambda t: t.name)
     tasks = []
     for table in ordered:
-        tasks.append(lambda t=table: _checksum(endpoints.connect_source, endpoints.source_schema, t))
-        tasks.append(lambda t=table: _checksum(endpoints.connect_target, endpoints.target_schema, t))
+        tasks.append(lambda t=table: checksum(endpoints.connect_source, endpoints.source_schema, t))
+        tasks.append(lambda t=table: checksum(endpoints.connect_target, endpoints.target_schema, t))
     sums = run_all(max(2, 2 * jobs), tasks)
     return [TableVerification(t.name, sums[2 * i], sums[2 * i + 1]) for i, t in enumerate(ordered)]
 
 
-def _checksum(connect, schema: str, table: Table) -> Checksum:
+def checksum(connect, schema: str, table: Table) -> Checksum:
+    """Row count and content checksum of one table, computed in the server."""
     query = sql.SQL(_CHECKSUM).format(
         columns=sql.SQL(", ").join(map(sql.Identifier, table.copied_columns)),
         table=sql.Identifier(schema, table.name),

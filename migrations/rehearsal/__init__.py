@@ -1,0 +1,178 @@
+"""``python -m migrations rehearse``: the whole separation on local servers, checked.
+
+Starts a shared instance laid out as production is today and one SSL-only
+server per service, fills the shared instance with generated data, migrates
+every service with the same ``engine.migrate`` that ``pulumi up`` runs, and
+checks the seed guide's success criteria. Needs the PostgreSQL server
+binaries, nothing else: no cloud account.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+
+from .. import engine
+from ..connection import Endpoints, connect
+from ..errors import MigrationError
+from ..localserver import LocalServer, free_port
+from ..sample_data import create_shared_source, fill_shared_source
+from . import criteria
+from .criteria import Criterion, ServiceRun
+from .progress import make_progress, observer_for
+from .services import ServiceSpec, services_from_stack
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATABASE = "hexabuilders"
+SERVICE_PORTS = range(5433, 5437)  # the seed guide's development ports, one per service
+
+
+@dataclass(frozen=True)
+class Options:
+    scale: int = 1000  # partners; every other table grows with it
+    seed: int = 1
+    jobs: int = 2
+    keep: bool = False
+    workdir: Path | None = None
+    stack_file: Path = PROJECT_ROOT / "Pulumi.dev.yaml"
+    sql_dir: Path = PROJECT_ROOT / "sql"
+
+
+@dataclass
+class RehearsalReport:
+    scale: int
+    seed: int
+    servers: dict[str, str] = field(default_factory=dict)  # name -> URL without password
+    rows_generated: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    criteria: list[Criterion] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.criteria) and all(c.passed for c in self.criteria)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
+
+# A test may change something between the migration and the checks, to see a criterion fail.
+Tamper = Callable[[list[ServiceRun]], None]
+
+
+def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -> RehearsalReport:
+    services = services_from_stack(options.stack_file, options.sql_dir)
+    report = RehearsalReport(options.scale, options.seed)
+    root = Path(options.workdir or tempfile.mkdtemp(prefix="hexabuilders-rehearsal-"))
+    root.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as servers:
+        started = time.monotonic()
+        console.print(f"Starting {1 + len(services)} PostgreSQL servers under {root}")
+        source = _start(servers, options, root, "shared", port=None, ssl=False)
+        report.servers["shared instance"] = source.url(SHARED_DATABASE)
+        targets = {}
+        for spec, port in zip(services, list(SERVICE_PORTS) + [None] * len(services)):
+            targets[spec.name] = _start(servers, options, root, spec.name, port=port, ssl=True)
+            report.servers[spec.name] = targets[spec.name].url(spec.database, spec.user)
+        for name, url in report.servers.items():
+            console.print(f"  {name:<22} {url}")
+        report.seconds["servers"] = time.monotonic() - started
+
+        started = time.monotonic()
+        console.print(f"Filling the shared instance (scale {options.scale:,}, seed {options.seed})")
+        report.rows_generated = _fill_source(source, services, options)
+        report.seconds["fill"] = time.monotonic() - started
+        console.print(f"  {report.rows_generated:,} rows in {report.seconds['fill']:.1f} s")
+
+        source_dsn = source.conninfo(SHARED_DATABASE)
+        before = criteria.source_checksums(source_dsn, [s.source_schema for s in services])
+        runs = [_prepare_service(spec, source, targets[spec.name]) for spec in services]
+
+        started = time.monotonic()
+        console.print("Migrating: init, freeze, copy, verify")
+        progress = make_progress(console) if console.is_terminal else None
+        with progress or ExitStack():
+            for run in runs:
+                try:
+                    engine.migrate(
+                        run.endpoints,
+                        init_sql=run.spec.init_file.read_text(encoding="utf-8"),
+                        service_user=run.spec.user,
+                        jobs=options.jobs,
+                        observer=observer_for(console, progress, run.spec.name),
+                    )
+                except MigrationError as error:
+                    run.error = str(error)
+                    console.print(f"  {run.spec.name}: [red]{error}[/red]")
+        report.seconds["migrate"] = time.monotonic() - started
+
+        if tamper:
+            tamper(runs)
+        started = time.monotonic()
+        report.criteria = [
+            criteria.identical_copies(runs, options.jobs),
+            criteria.profile_360(source_dsn, runs),
+            criteria.service_users_isolated(runs),
+            criteria.ssl_only(runs),
+            criteria.source_frozen_and_unchanged(source_dsn, runs, before),
+        ]
+        report.seconds["checks"] = time.monotonic() - started
+        if options.keep:
+            servers.pop_all()  # leave them running
+    return report
+
+
+def _start(servers: ExitStack, options: Options, root: Path, name: str, *, port: int | None, ssl: bool) -> LocalServer:
+    server = LocalServer.start(root, name, port=free_port(port) if port else None, ssl=ssl)
+    if not options.keep:
+        servers.enter_context(server)
+    return server
+
+
+def _fill_source(source: LocalServer, services: list[ServiceSpec], options: Options) -> int:
+    """Today's shared instance: the four schemas, generated data, each service's own role."""
+    with psycopg.connect(source.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SHARED_DATABASE)))
+    with psycopg.connect(source.conninfo(SHARED_DATABASE), autocommit=True) as conn:
+        create_shared_source(conn, options.sql_dir)
+        rows = fill_shared_source(conn, scale=options.scale, seed=options.seed)
+        conn.execute("ANALYZE")
+        for spec in services:
+            _create_role(conn, source, spec.user)
+            schema, user = sql.Identifier(spec.source_schema), sql.Identifier(spec.user)
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, user))
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(schema, user))
+    return sum(rows.values())
+
+
+def _prepare_service(spec: ServiceSpec, source: LocalServer, target: LocalServer) -> ServiceRun:
+    """The service's empty database and its login role, as the Pulumi program creates them."""
+    with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
+        _create_role(conn, target, spec.user)
+    return ServiceRun(
+        spec=spec,
+        endpoints=Endpoints(source.conninfo(SHARED_DATABASE), spec.source_schema, target.conninfo(spec.database), spec.source_schema),
+        service_conninfo=target.conninfo(spec.database, spec.user),
+        source_service_conninfo=source.conninfo(SHARED_DATABASE, spec.user),
+    )
+
+
+def _create_role(conn: psycopg.Connection, server: LocalServer, user: str) -> None:
+    """A login role with a generated password that only the server's .pgpass holds."""
+    password = secrets.token_urlsafe(24)
+    # Hashed here, so the password itself never reaches the server's logs.
+    verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256").decode()
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(verifier)))
+    server.add_password(user, password)

@@ -1,0 +1,157 @@
+"""The seed guide's success criteria, each checked on the rehearsal's servers with a figure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .. import engine
+from ..catalog import read_catalog
+from ..connection import connect, one_line
+from ..verify import Checksum, checksum
+from . import profile360
+from .services import ServiceSpec
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    passed: bool
+    figure: str
+
+
+@dataclass
+class ServiceRun:
+    """One service's part of the rehearsal."""
+
+    spec: ServiceSpec
+    endpoints: engine.Endpoints
+    service_conninfo: str  # the service user on its new database (password in .pgpass)
+    source_service_conninfo: str  # the same service's role on the shared instance
+    error: str | None = None
+
+
+def source_checksums(source: str, schemas: list[str]) -> dict[str, Checksum]:
+    """Per ``schema.table`` checksums of the shared instance, to show it unchanged later."""
+    sums = {}
+    for schema in schemas:
+        with connect(source, "source") as conn:
+            tables = read_catalog(conn, schema).tables.values()
+        for table in tables:
+            sums[f"{schema}.{table.name}"] = checksum(lambda **kw: connect(source, "source", **kw), schema, table)
+    return sums
+
+
+def identical_copies(runs: list[ServiceRun], jobs: int) -> Criterion:
+    tables = rows = 0
+    problems = []
+    for run in runs:
+        if run.error:
+            problems.append(f"{run.spec.name} failed: {run.error}")
+            continue
+        report = engine.verify(run.endpoints, jobs)
+        tables += len(report.tables)
+        rows += sum(t.rows for t in report.tables)
+        problems += [f"{run.spec.source_schema}.{t} differs" for t in report.mismatched]
+    figure = "; ".join(problems) if problems else f"{len(runs)} services, {tables} tables, {rows:,} rows: counts and checksums equal"
+    return Criterion("every database holds exactly what its schema held", not problems, figure)
+
+
+def profile_360(source: str, runs: list[ServiceRun]) -> Criterion:
+    name = "Profile 360° from the four databases equals the shared instance's"
+    by_schema = {run.spec.source_schema: run for run in runs}
+    missing = [schema for schema in profile360.schemas() if schema not in by_schema or by_schema[schema].error]
+    if missing:
+        return Criterion(name, False, "no database for " + ", ".join(missing))
+    with connect(source, "source") as conn:
+        shared = profile360.shared_profiles(conn)
+    connections = {schema: connect(by_schema[schema].endpoints.target, "target") for schema in profile360.schemas()}
+    try:
+        split = profile360.split_profiles(connections)
+    finally:
+        for conn in connections.values():
+            conn.close()
+    differing = sorted(pid for pid in shared.keys() | split.keys() if shared.get(pid) != split.get(pid))
+    if differing:
+        return Criterion(name, False, f"{len(differing):,} of {len(shared):,} partners differ, e.g. {differing[0]}")
+    return Criterion(name, True, f"{len(shared):,} of {len(shared):,} partners equal")
+
+
+def service_users_isolated(runs: list[ServiceRun]) -> Criterion:
+    problems = []
+    for run in runs:
+        problems += _check_service_user(run, [other for other in runs if other is not run])
+    figure = "; ".join(problems) if problems else (
+        f"{len(runs)} users: own database only, not superuser, no CREATEROLE/CREATEDB, read and write own tables"
+    )
+    return Criterion("each service user works in its own database only", not problems, figure)
+
+
+def _check_service_user(run: ServiceRun, others: list[ServiceRun]) -> list[str]:
+    user, schema = run.spec.user, run.endpoints.target_schema
+    problems = []
+    try:
+        with psycopg.connect(run.service_conninfo) as conn:
+            superuser, createrole, createdb = conn.execute(
+                "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+            if superuser or createrole or createdb:
+                problems.append(f"{user} has superuser, CREATEROLE or CREATEDB")
+            for table in read_catalog(conn, schema).tables.values():
+                target = sql.Identifier(schema, table.name)
+                # Privileges are checked even when no row matches, so nothing changes.
+                conn.execute(sql.SQL("SELECT FROM {} LIMIT 1").format(target))
+                conn.execute(sql.SQL("DELETE FROM {} WHERE false").format(target))
+                if not conn.execute("SELECT has_table_privilege(%s, 'INSERT, UPDATE')", (target.as_string(conn),)).fetchone()[0]:
+                    problems.append(f"{user} cannot insert into or update {schema}.{table.name}")
+            conn.rollback()
+    except psycopg.Error as error:
+        problems.append(f"{user} cannot work in its database: {one_line(error)}")
+    # With its own password: a refusal then comes from the other server, not from a missing password.
+    own_passfile = conninfo_to_dict(run.service_conninfo).get("passfile")
+    for other in others:
+        try:
+            psycopg.connect(make_conninfo(other.service_conninfo, user=user, passfile=own_passfile)).close()
+            problems.append(f"{user} can connect to {other.spec.database}")
+        except psycopg.OperationalError:
+            pass
+    return problems
+
+
+def ssl_only(runs: list[ServiceRun]) -> Criterion:
+    versions, problems = set(), []
+    for run in runs:
+        with psycopg.connect(run.service_conninfo) as conn:
+            ssl, version = conn.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        if ssl:
+            versions.add(version)
+        else:
+            problems.append(f"{run.spec.database} connection is not encrypted")
+        try:
+            psycopg.connect(make_conninfo(run.service_conninfo, sslmode="disable")).close()
+            problems.append(f"{run.spec.database} accepts unencrypted connections")
+        except psycopg.OperationalError:
+            pass
+    figure = "; ".join(problems) if problems else f"{len(runs)} of {len(runs)} servers: {', '.join(sorted(versions))}; plain connections refused"
+    return Criterion("connections to the new servers use SSL", not problems, figure)
+
+
+def source_frozen_and_unchanged(source: str, runs: list[ServiceRun], before: Mapping[str, Checksum]) -> Criterion:
+    refused, problems = 0, []
+    for run in runs:
+        schema = run.spec.source_schema
+        with psycopg.connect(run.source_service_conninfo, autocommit=True) as conn:
+            for table in read_catalog(conn, schema).tables.values():
+                try:
+                    conn.execute(sql.SQL("DELETE FROM {} WHERE false").format(sql.Identifier(schema, table.name)))
+                    problems.append(f"{schema}.{table.name} takes writes")
+                except psycopg.errors.ReadOnlySqlTransaction:
+                    refused += 1
+    after = source_checksums(source, [run.spec.source_schema for run in runs])
+    problems += [f"{name} changed" for name in sorted(before) if after.get(name) != before[name]]
+    figure = "; ".join(problems) if problems else f"{refused} tables refuse writes; {len(before)} checksums unchanged"
+    return Criterion("the source schemas are frozen and unchanged", not problems, figure)

@@ -1,0 +1,129 @@
+"""Run the Pulumi program under mocks, as the language host runs it, and record the graph.
+
+    python run_program.py PROJECT_DIR STACK OUT_JSON
+
+Config comes from ``PULUMI_CONFIG`` / ``PULUMI_CONFIG_SECRET_KEYS`` exactly as
+``pulumi-language-python-exec`` takes it; then ``pulumi.runtime.set_mocks``,
+then ``run_in_stack(runpy.run_path(PROJECT_DIR))`` like the exec script. Each
+run is its own process, so no runtime state leaks between stacks.
+
+The mock monitor records every RegisterResource request (type, name, parent,
+provider, protect, dependencies, serialized inputs with their secret markers)
+and every RegisterResourceOutputs. Like the engine, it marks an output secret
+when its input was secret or the resource lists it in additional_secret_outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from google.protobuf import json_format, struct_pb2
+from pulumi.runtime import MockResourceArgs, rpc, settings, stack
+from pulumi.runtime.mocks import MockMonitor
+
+SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
+
+# Minimal stand-ins for what each provider computes on create.
+COMPUTED = {
+    "random:index/randomId:RandomId": lambda a: {"hex": a.inputs["prefix"] + _digest(a.name, 8)},
+    "random:index/randomPassword:RandomPassword": lambda a: {"result": _digest(a.name, int(a.inputs["length"]))},
+    "gcp:sql/databaseInstance:DatabaseInstance": lambda a: {
+        "privateIpAddress": "10.20.0." + str(int(_digest(a.name, 2), 16) % 250 + 2),
+        "connectionName": f"mock-project:us-central1:{a.inputs['name']}",
+    },
+    "pulumi:pulumi:StackReference": lambda a: {
+        "outputs": {"kubeconfig": f"apiVersion: v1\nkind: Config\n# cluster of {a.inputs['name']}\n"},
+        "secretOutputNames": ["kubeconfig"],
+    },
+}
+
+
+def _digest(name: str, length: int) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:length]
+
+
+class ProgramMocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: MockResourceArgs) -> tuple[str, dict]:
+        computed = COMPUTED.get(args.typ, lambda _: {})(args)
+        return f"{args.name}-id", {**args.inputs, **computed}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        raise AssertionError(f"the program calls {args.token}; it is expected to make no provider calls")
+
+
+class RecordingMonitor(MockMonitor):
+    def __init__(self) -> None:
+        super().__init__(ProgramMocks())
+        self.registered: list[dict[str, Any]] = []
+        self.outputs: dict[str, Any] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 - the monitor's gRPC method name
+        response = super().RegisterResource(request)
+        inputs = json_format.MessageToDict(request.object)
+        self.registered.append(
+            {
+                "urn": response.urn,
+                "type": request.type,
+                "name": request.name,
+                "parent": request.parent,
+                "custom": request.custom,
+                "provider": request.provider,
+                "protect": request.protect,
+                "retainOnDelete": request.retainOnDelete,
+                "dependencies": list(request.dependencies),
+                "inputs": inputs,
+            }
+        )
+        secret_outputs = set(request.additionalSecretOutputs) | {
+            key for key, value in inputs.items() if _is_secret(value)
+        }
+        state = json_format.MessageToDict(response.object)
+        for key in secret_outputs & state.keys():
+            if not _is_secret(state[key]):
+                state[key] = {**SECRET, "value": state[key]}
+        response.object.CopyFrom(json_format.ParseDict(state, struct_pb2.Struct()))
+        return response
+
+    def RegisterResourceOutputs(self, request):  # noqa: N802
+        self.outputs[request.urn] = json_format.MessageToDict(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def main(project_dir: str, stack_name: str, out: str) -> None:
+    project = yaml.safe_load(Path(project_dir, "Pulumi.yaml").read_text())["name"]
+    pulumi.runtime.set_all_config(
+        pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env()
+    )
+    monitor = RecordingMonitor()
+    pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack_name, preview=False, monitor=monitor)
+    # set_mocks registers a root stack of its own; the language host's
+    # run_in_stack registers the one whose outputs are the stack outputs.
+    settings.set_root_resource(None)  # type: ignore[arg-type]
+    os.chdir(project_dir)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    error = None
+    try:
+        loop.run_until_complete(stack.run_in_stack(lambda: runpy.run_path(project_dir, run_name="__main__")))
+    except Exception as exc:  # noqa: BLE001 - the test asserts on it
+        error = {"type": type(exc).__name__, "message": str(exc)}
+    Path(out).write_text(
+        json.dumps({"resources": monitor.registered, "outputs": monitor.outputs, "error": error})
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -17,5 +17,9 @@ $(VENV)/.installed: requirements.txt scripts/bootstrap
 test: install
 	$(PYTHON) -m pytest
 
+# The whole separation on local PostgreSQL servers, checked against the seed's success criteria.
+rehearse: install
+	$(PYTHON) -m migrations rehearse $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -81,18 +81,34 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--target-schema", metavar="NAME", help="schema in the new database (default: the source schema)")
         return sub
 
-    plan = command("plan", _plan, "Compare source and target schemas and list what a copy would move. Writes nothing.")
+    def dropped(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--drop-on-purpose", action="append", default=[], metavar="NAME",
+            help="a view, function or trigger that needs another service's data and is knowingly not carried (repeatable)",
+        )
+
+    def peers(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--peer", action="append", default=[], type=_peer, metavar="SCHEMA=DSN",
+            help="another service's new database, to count orphans of foreign keys to it (repeatable)",
+        )
+
+    plan = command("plan", _plan, "Compare schemas and list cross-service references and what a copy would do. Writes nothing.")
     plan.add_argument("--init", type=Path, metavar="FILE", help="compare with the target as this init SQL would leave it")
+    dropped(plan)
 
     copy = command("copy", _copy, "Plan, init (optional), freeze the source, copy every table, verify.")
     copy.add_argument("--init", type=Path, metavar="FILE", help="init SQL to apply first (else the tables must exist)")
     copy.add_argument("--service-user", metavar="ROLE", help="grant this role what the service needs in its schema")
     copy.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections (default: cores)")
     copy.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+    dropped(copy)
+    peers(copy)
 
-    verify = command("verify", _verify, "Compare row counts and checksums of every table. Writes nothing.")
+    verify = command("verify", _verify, "Compare row counts and checksums of every table, and count orphans. Writes nothing.")
     verify.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections")
     verify.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+    peers(verify)
 
     rehearse = commands.add_parser(
         "rehearse",
@@ -121,6 +137,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _peer(value: str) -> tuple[str, str]:
+    schema, sep, dsn = value.partition("=")
+    if not sep or not schema or not dsn:
+        raise argparse.ArgumentTypeError("expected SCHEMA=DSN")
+    return schema, dsn
+
+
 def _endpoints(args: argparse.Namespace) -> Endpoints:
     return Endpoints(args.source, args.source_schema, args.target, args.target_schema or args.source_schema)
 
@@ -135,28 +158,42 @@ def _read_init(path: Path | None) -> str | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    result = engine.plan(_endpoints(args), _read_init(args.init))
+    result = engine.plan(_endpoints(args), _read_init(args.init), frozenset(args.drop_on_purpose))
+    console = Console()
     table = RichTable("table", "rows (estimate)", "size", "copy format", title=f"schema {result.source.schema}")
     for t in sorted(result.source.tables.values(), key=lambda t: t.name):
         table.add_row(t.name, f"{t.row_estimate:,}", f"{t.size_bytes / 1e6:.1f} MB", "binary" if t.binary_copy else "text")
-    Console().print(table)
+    console.print(table)
+    for other, refs in result.references.by_other_schema().items():
+        console.print(f"references with schema {other}:", highlight=False)
+        for ref in refs:
+            arrow = "->" if ref.outgoing else "<-"
+            console.print(f"  {arrow} {ref.kind} {ref.name} on {ref.depends_on}: {ref.action}", highlight=False, markup=False)
     for difference in result.differences:
         print(f"drift: {difference}")
-    return EXIT_DIFFERENT if result.differences else EXIT_OK
+    return EXIT_DIFFERENT if result.differences or result.references.refused else EXIT_OK
 
 
 def _copy(args: argparse.Namespace) -> int:
     report = engine.migrate(
-        _endpoints(args), init_sql=_read_init(args.init), service_user=args.service_user, jobs=args.jobs
+        _endpoints(args),
+        init_sql=_read_init(args.init),
+        service_user=args.service_user,
+        jobs=args.jobs,
+        dropped_on_purpose=frozenset(args.drop_on_purpose),
+        peers=dict(args.peer),
     )
     return _print_report(report, args.report)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = engine.verify(_endpoints(args), jobs=args.jobs)
+    report = engine.verify(_endpoints(args), jobs=args.jobs, peers=dict(args.peer))
     status = _print_report(report, args.report)
-    if not report.verified:
+    if report.mismatched:
         _error("source and target differ in " + ", ".join(report.mismatched))
+    for found in report.orphans:
+        if found.introduced:
+            _error(f"the split orphaned rows of {found.reference}: {', '.join(found.new_ids)}")
     return status
 
 
@@ -166,6 +203,11 @@ def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
         copied = f"{t.copied_bytes / 1e6:.1f} MB in {t.copy_seconds:.2f} s" if t.copied_bytes is not None else "-"
         table.add_row(t.table, f"{t.rows:,}", t.checksum, copied, "DIFFERENT" if t.table in report.mismatched else "identical")
     Console().print(table)
+    for found in report.orphans:
+        print(
+            f"orphans of {found.reference}: {found.before} before the split, {found.after} after"
+            + (f" ({', '.join(found.after_ids)})" if found.after_ids else "")
+        )
     if path:
         path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return EXIT_OK if report.verified else EXIT_DIFFERENT

@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import deferred, state
+from . import deferred, orphans, references, state
 from .catalog import Catalog, compare, read_catalog
-from .connection import Endpoints, one_line
+from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
-from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
+from .errors import CrossServiceReferences, ForeignRows, MigrationError, SchemaDrift, VerificationFailed
 from .freeze import freeze
 from .parallel import run_all
+from .references import References
 from .sequences import carry_sequences
 from .verify import TableVerification, verify_tables
 
@@ -35,6 +36,7 @@ class Plan:
     source: Catalog
     target: Catalog
     differences: list[str]
+    references: References
 
 
 @dataclass
@@ -52,28 +54,37 @@ class MigrationReport:
     target: str
     tables: list[TableReport] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    references: list[dict] = field(default_factory=list)
+    orphans: list[orphans.Orphans] = field(default_factory=list)
     copy_seconds: float = 0.0
     verify_seconds: float = 0.0
     duration_seconds: float = 0.0
 
     @property
     def verified(self) -> bool:
-        return not self.mismatched
+        """Every table identical, and the split orphaned no row."""
+        return not self.mismatched and not any(o.introduced for o in self.orphans)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"verified": self.verified}
 
 
-def plan(endpoints: Endpoints, init_sql: str | None = None) -> Plan:
-    """Compare source and target schemas; with ``init_sql`` the target is compared as it would be after it."""
+def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: frozenset[str] = frozenset()) -> Plan:
+    """Compare source and target schemas and list the cross-service references; writes nothing.
+
+    With ``init_sql`` the target is compared as it would be after it.
+    """
     with endpoints.connect_source() as source, endpoints.connect_target() as target:
         source_catalog = _read_source(source, endpoints)
+        refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
         with target.cursor() as cur:
+            references.create_shared_types(source, cur, refs)
             if init_sql is not None:
                 _apply_init(cur, endpoints.target_schema, init_sql)
             target_catalog = read_catalog(target, endpoints.target_schema)
         target.rollback()  # planning writes nothing
-    return Plan(source_catalog, target_catalog, compare(source_catalog, target_catalog))
+    differences = compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
+    return Plan(source_catalog, target_catalog, differences, refs)
 
 
 def migrate(
@@ -83,8 +94,15 @@ def migrate(
     service_user: str | None = None,
     jobs: int = 2,
     observer: CopyObserver | None = None,
+    dropped_on_purpose: frozenset[str] = frozenset(),
+    peers: dict[str, str] | None = None,
 ) -> MigrationReport:
-    """Init the target, freeze the source, copy, verify. Safe to run again after any failure."""
+    """Init the target, freeze the source, copy, verify. Safe to run again after any failure.
+
+    ``dropped_on_purpose`` names views, functions and triggers that need
+    another service's data and are knowingly left behind; ``peers`` maps other
+    service schemas to their new databases, for counting orphans.
+    """
     started = time.monotonic()
     observer = observer or LogObserver()
     with endpoints.connect_target(autocommit=True) as lock_holder:
@@ -92,7 +110,10 @@ def migrate(
             raise MigrationError(f"another migration into {endpoints.target_identity} is running")
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
             source_catalog = _read_source(source, endpoints)
-            run = _prepare_target(target, endpoints, source_catalog, init_sql, service_user)
+            refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
+            if refs.refused:
+                raise CrossServiceReferences(endpoints.source_identity, [f"{r.kind} {r.name} depends on {r.depends_on}" for r in refs.refused])
+            run = _prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user)
             source.commit()
             newly_frozen = freeze(source, endpoints.source_schema)
             log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
@@ -104,31 +125,64 @@ def migrate(
             copy_started = time.monotonic()
             copies = _copy(endpoints, target, run, pending, jobs, observer)
             if not run.finished:
-                _finish(endpoints, source, target, source_catalog, jobs)
+                _finish(endpoints, source, target, source_catalog, refs, jobs)
             copy_seconds = time.monotonic() - copy_started
 
         verify_started = time.monotonic()
-        verifications = verify_tables(endpoints, list(source_catalog.tables.values()), jobs)
-        report = _report(endpoints, copies, verifications)
+        report = _verify(endpoints, source_catalog, refs, copies, jobs, peers or {})
         report.copy_seconds = copy_seconds
         report.verify_seconds = time.monotonic() - verify_started
         report.duration_seconds = time.monotonic() - started
         with lock_holder.transaction(), lock_holder.cursor() as cur:
             state.record_verification(cur, endpoints.target_schema, report.to_dict())
     if not report.verified:
-        raise VerificationFailed(report.mismatched)
+        raise VerificationFailed(report.mismatched + [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced])
     log.info("verified %s: %d tables identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity)
     return report
 
 
-def verify(endpoints: Endpoints, jobs: int = 2) -> MigrationReport:
-    """Compare every source table with its copy; changes nothing."""
+def verify(endpoints: Endpoints, jobs: int = 2, peers: dict[str, str] | None = None) -> MigrationReport:
+    """Compare every source table with its copy, and count orphans; changes nothing.
+
+    ``peers`` maps other service schemas to their new databases.
+    """
     started = time.monotonic()
     with endpoints.connect_source() as source:
         catalog = _read_source(source, endpoints)
-    report = _report(endpoints, [], verify_tables(endpoints, list(catalog.tables.values()), jobs))
+        refs = references.find(source, endpoints.source_schema)
+    report = _verify(endpoints, catalog, refs, [], jobs, peers or {})
     report.verify_seconds = report.duration_seconds = time.monotonic() - started
     return report
+
+
+def _verify(
+    endpoints: Endpoints,
+    catalog: Catalog,
+    refs: References,
+    copies: list[TableCopy],
+    jobs: int,
+    peers: dict[str, str],
+) -> MigrationReport:
+    report = _report(endpoints, copies, verify_tables(endpoints, list(catalog.tables.values()), jobs))
+    report.references = [_describe(r) for r in refs.items]
+    counted = [r for r in refs.foreign_keys if r.other_schema in peers]
+    if counted:
+        with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            for ref in counted:
+                with connect(peers[ref.other_schema], f"{ref.other_schema} peer") as peer:
+                    report.orphans.append(orphans.count(source, target, peer, endpoints, ref))
+    return report
+
+
+def _describe(ref: references.Reference) -> dict:
+    return {
+        "kind": ref.kind,
+        "name": ref.name,
+        "depends_on": ref.depends_on,
+        "service_schema": ref.other_schema,
+        "direction": "outgoing" if ref.outgoing else "incoming",
+        "action": ref.action,
+    }
 
 
 def evolve(endpoints: Endpoints, *, init_sql: str, service_user: str | None = None) -> None:
@@ -161,8 +215,10 @@ def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str) -> None:
 
 def _prepare_target(
     target: psycopg.Connection,
+    source: psycopg.Connection,
     endpoints: Endpoints,
     source_catalog: Catalog,
+    refs: References,
     init_sql: str | None,
     service_user: str | None,
 ) -> state.Run:
@@ -174,10 +230,12 @@ def _prepare_target(
             raise MigrationError(
                 f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
             )
+        for name in references.create_shared_types(source, cur, refs):
+            log.info("created %s, shared with another service, in the target", name)
         if init_sql is not None:
             _apply_init(cur, endpoints.target_schema, init_sql)
         target_catalog = read_catalog(target, endpoints.target_schema)
-        if differences := compare(source_catalog, target_catalog):
+        if differences := compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs):
             raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, differences)
         already_copied = state.copied_tables(cur, endpoints.target_schema)
         for name in sorted(source_catalog.tables.keys() - already_copied):
@@ -187,10 +245,42 @@ def _prepare_target(
                     f"target table {endpoints.target_schema}.{name} on {endpoints.target_identity} holds rows"
                     " this engine did not write; refusing to overwrite them"
                 )
+        for ref in refs.foreign_keys:
+            _index_reference(cur, endpoints.target_schema, ref)
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
         state.start_run(cur, endpoints.target_schema, endpoints.source_identity)
+        state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
         return state.load_run(cur, endpoints.target_schema)
+
+
+def _missing_counterparts(target: Catalog, refs: References) -> list[str]:
+    """A default drawing from another service's sequence needs a sequence of its own in the target."""
+    return [
+        f"sequence {ref.referenced} (shared with {ref.other_schema}, used by {ref.name}) is missing in the target"
+        for ref in refs.shared_sequences
+        if ref.referenced not in target.sequences
+    ]
+
+
+def _index_reference(cur: psycopg.Cursor, schema: str, ref: references.Reference) -> None:
+    """A foreign key to another service becomes a plain column: make sure lookups by it stay indexed."""
+    table = sql.Identifier(schema, ref.table).as_string(cur)
+    cur.execute(
+        "SELECT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = %(table)s::regclass"
+        " AND (i.indkey::int2[])[0:%(last)s] = ARRAY(SELECT attnum FROM pg_attribute a"
+        "   JOIN unnest(%(columns)s::text[]) WITH ORDINALITY c(name, n) ON a.attname = c.name"
+        "   WHERE a.attrelid = %(table)s::regclass ORDER BY c.n))",
+        {"table": table, "last": len(ref.columns) - 1, "columns": list(ref.columns)},
+    )
+    if not cur.fetchone()[0]:
+        name = f"{ref.table}_{'_'.join(ref.columns)}_idx"[:63]
+        cur.execute(
+            sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                sql.Identifier(name), sql.Identifier(schema, ref.table), sql.SQL(", ").join(map(sql.Identifier, ref.columns))
+            )
+        )
+        log.info("indexed %s.%s (%s): it referenced %s", schema, ref.table, ", ".join(ref.columns), ref.depends_on)
 
 
 def _grant(cur: psycopg.Cursor, schema: str, user: str) -> None:
@@ -234,12 +324,13 @@ def _finish(
     source: psycopg.Connection,
     target: psycopg.Connection,
     catalog: Catalog,
+    refs: References,
     jobs: int,
 ) -> None:
     """Rebuild what was set aside, carry sequences, gather planner statistics."""
     restored = deferred.restore(endpoints.connect_target, endpoints.target_schema, lambda tasks: run_all(jobs, tasks))
     log.info("rebuilt %d indexes and constraints", restored)
-    positions = carry_sequences(source, target, catalog, endpoints.target_schema)
+    positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
     log.info("set %d sequences", len(positions))
     run_all(jobs, [lambda name=name: _analyze(endpoints, name) for name in catalog.tables])
     with target.transaction(), target.cursor() as cur:

@@ -36,3 +36,15 @@ class VerificationFailed(MigrationError):
     def __init__(self, tables: list[str]):
         self.tables = tables
         super().__init__("verification failed: source and target differ in " + ", ".join(tables))
+
+
+class CrossServiceReferences(MigrationError):
+    """Objects that need another service's data; nothing was written."""
+
+    def __init__(self, source: str, references: list[str]):
+        self.references = references
+        super().__init__(
+            f"{source} has objects that need another service's data, nothing was written: "
+            + "; ".join(references)
+            + " (rewrite them, or list them as dropped on purpose)"
+        )

@@ -416,8 +416,9 @@ SELECT
 FROM generate_series(1, %(partners)s::integer) AS i
 CROSS JOIN LATERAL (
     SELECT pg_temp.choose(%(company_names)s::text[], 'p.company', i) AS company,
-           pg_temp.choose(ARRAY['active', 'active', 'active', 'prospect', 'suspended', 'terminated']::public.partner_status[],
-                          'p.status', i) AS status,
+           CASE WHEN mod(i, 20) = 9 THEN 'terminated'::public.partner_status
+                ELSE pg_temp.choose(ARRAY['active', 'active', 'active', 'prospect', 'suspended',
+                                          'terminated']::public.partner_status[], 'p.status', i) END AS status,
            pg_temp.pick('p.place', i, cardinality(%(countries)s::text[])) AS place,
            pg_temp.moment('p.created', i, '2019-01-01', 5 * 365) AS created_at
 ) AS r
@@ -454,8 +455,8 @@ SELECT
     CASE WHEN mod(n, 3) = 0 THEN NULL
          ELSE pg_temp.choose(ARRAY['Oficina 301', 'Piso 2', 'Bodega 7', '3F 北棟', 'Apt. 4ºB', 'Suite #12'], 'a.line2', n) END,
     (%(cities)s::text[])[p.k],
-    (%(regions)s::text[])[p.k],
-    (%(postal_codes)s::text[])[p.k],
+    CASE WHEN mod(n, 13) = 6 THEN NULL ELSE (%(regions)s::text[])[p.k] END,
+    CASE WHEN mod(n, 11) = 5 THEN NULL ELSE (%(postal_codes)s::text[])[p.k] END,
     (%(countries)s::text[])[p.k],
     CASE WHEN mod(n, 10) = 4 THEN NULL ELSE round((pg_temp.rnd('a.lat', n) * 180 - 90)::numeric, 6) END,
     CASE WHEN mod(n, 10) = 4 THEN NULL ELSE round((pg_temp.rnd('a.lon', n) * 360 - 180)::numeric, 6) END,
@@ -492,7 +493,7 @@ SELECT
              'penalty_pct', round((pg_temp.rnd('k.penalty', n) * 10)::numeric, 2),
              'jurisdiction', pg_temp.choose(ARRAY['Bogotá D.C.', 'Madrid', 'São Paulo', '東京地方裁判所'], 'k.court', n),
              'clauses', jsonb_build_array('confidencialidad', 'no competencia', '知的財産', NULL)) END,
-    CASE WHEN r.status = 'draft' THEN NULL
+    CASE WHEN r.status = 'draft' OR mod(n, 9) = 4 THEN NULL  -- not scanned yet
          ELSE '\x255044462d312e370a'::bytea || pg_temp.pattern_bytes('k.doc', n, 8 + pg_temp.pick('k.doc_size', n, 56)) END,
     pg_temp.moment('k.created', n, (r.starts_on - 30)::timestamp, 25)
 FROM (
@@ -567,8 +568,10 @@ FROM (
     CROSS JOIN LATERAL generate_series(1, CASE WHEN q.x < 0.08 THEN 0 WHEN q.x < 0.93 THEN 1 ELSE 2 END) AS j
 ) AS s
 CROSS JOIN LATERAL (
-    SELECT pg_temp.choose(ARRAY['completed', 'completed', 'completed', 'completed', 'in_progress', 'in_progress',
-                                'pending', 'blocked', 'cancelled']::onboarding.process_status[], 'o.status', n) AS status,
+    SELECT CASE WHEN mod(n, 15) = 7 THEN 'pending'::onboarding.process_status
+                ELSE pg_temp.choose(ARRAY['completed', 'completed', 'completed', 'completed', 'in_progress', 'in_progress',
+                                          'pending', 'blocked', 'cancelled']::onboarding.process_status[], 'o.status', n) END
+               AS status,
            pg_temp.moment('o.created', n, '2019-03-01', 5 * 365) AS created_at
 ) AS r
 CROSS JOIN LATERAL (
@@ -715,7 +718,7 @@ SELECT
     r.created_at
 FROM generate_series(1, %(job_postings)s::integer) AS k
 CROSS JOIN LATERAL (
-    SELECT pg_temp.rnd('j.remote', k) < 0.3 AS remote,
+    SELECT mod(k, 6) = 4 OR pg_temp.rnd('j.remote', k) < 0.25 AS remote,
            pg_temp.rnd('j.open', k) < 0.6 AS is_open,
            (800 + 100 * pg_temp.pick('j.salary', k, 200))::numeric(12, 2) AS salary_min,
            pg_temp.moment('j.created', k, '2021-01-01', 4 * 365) AS created_at
@@ -985,7 +988,7 @@ def fill_shared_source(
     """Fill today's four schemas with generated data; return rows written per ``"schema.table"``.
 
     ``scale`` is the number of partners; the other tables grow in proportion
-    (about 24 rows in all per partner). The same ``(scale, seed)`` writes the
+    (about 34 rows in all per partner). The same ``(scale, seed)`` writes the
     same bytes. The schemas must exist (:func:`create_shared_source`) and be
     empty: a non-empty table is refused before anything is written.
 

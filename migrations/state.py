@@ -46,6 +46,14 @@ CREATE TABLE IF NOT EXISTS schema_migration.deferred_object (
   restored      boolean NOT NULL DEFAULT false,
   PRIMARY KEY (target_schema, table_name, object_name)
 );
+CREATE TABLE IF NOT EXISTS schema_migration.reference (
+  target_schema text NOT NULL,
+  kind          text NOT NULL,
+  name          text NOT NULL,
+  depends_on    text NOT NULL,
+  detail        jsonb NOT NULL,        -- direction, the other service, what the migration did
+  PRIMARY KEY (target_schema, kind, name, depends_on)
+);
 """
 
 
@@ -99,6 +107,15 @@ def start_run(cur: psycopg.Cursor, target_schema: str, source: str) -> None:
     cur.execute(
         "INSERT INTO schema_migration.run (target_schema, source) VALUES (%s, %s) ON CONFLICT DO NOTHING",
         (target_schema, source),
+    )
+
+
+def record_references(cur: psycopg.Cursor, target_schema: str, references: list[dict[str, Any]]) -> None:
+    """What the source's cross-service references were, and what became of them."""
+    cur.execute("DELETE FROM schema_migration.reference WHERE target_schema = %s", (target_schema,))
+    cur.executemany(
+        "INSERT INTO schema_migration.reference (target_schema, kind, name, depends_on, detail) VALUES (%s, %s, %s, %s, %s)",
+        [(target_schema, r["kind"], r["name"], r["depends_on"], Jsonb(r)) for r in references],
     )
 
 

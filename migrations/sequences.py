@@ -16,7 +16,7 @@ from .catalog import Catalog
 from .references import Reference
 
 # Every column that draws from a sequence: through a default, or as its owner (serial, identity).
-_USERS = """
+SEQUENCE_USERS = """
 SELECT cn.nspname, c.relname, a.attname
 FROM pg_attrdef ad
 JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
@@ -60,10 +60,20 @@ def _highest(source: psycopg.Connection, sequence: sql.Identifier) -> tuple[int,
     with source.cursor() as cur:
         cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sequence))
         last_value, is_called = cur.fetchone()
-        cur.execute(_USERS, {"sequence": sequence.as_string(cur)})
+    highest = highest_drawn(source, sequence)
+    if highest is not None and (highest > last_value or (highest == last_value and not is_called)):
+        return highest, True
+    return last_value, is_called
+
+
+def highest_drawn(conn: psycopg.Connection, sequence: sql.Identifier) -> int | None:
+    """The highest value held by any column of the database that draws from ``sequence``."""
+    highest = None
+    with conn.cursor() as cur:
+        cur.execute(SEQUENCE_USERS, {"sequence": sequence.as_string(cur)})
         for schema, table, column in cur.fetchall():
             cur.execute(sql.SQL("SELECT max({})::bigint FROM {}").format(sql.Identifier(column), sql.Identifier(schema, table)))
-            highest = cur.fetchone()[0]
-            if highest is not None and (highest > last_value or (highest == last_value and not is_called)):
-                last_value, is_called = highest, True
-    return last_value, is_called
+            value = cur.fetchone()[0]
+            if value is not None and (highest is None or value > highest):
+                highest = value
+    return highest

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATABASE = "hexabuilders"
 SERVICE_PORTS = range(5433, 5437)  # the seed guide's development ports, one per service
+# Foreign keys, a view and a shared sequence between the services, as production has them.
+TODAYS_REFERENCES = Path(__file__).with_name("todays_references.sql")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -
                         service_user=run.spec.user,
                         jobs=options.jobs,
                         observer=observer_for(console, progress, run.spec.name),
+                        dropped_on_purpose=run.spec.dropped_on_purpose,
                     )
                 except MigrationError as error:
                     run.error = str(error)
@@ -126,6 +129,9 @@ def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -
             criteria.service_users_isolated(runs),
             criteria.ssl_only(runs),
             criteria.source_frozen_and_unchanged(source_dsn, runs, before),
+            criteria.no_orphans(runs),
+            criteria.no_id_collisions(runs),
+            criteria.planner_statistics(runs),
         ]
         report.seconds["checks"] = time.monotonic() - started
         if options.keep:
@@ -146,6 +152,7 @@ def _fill_source(source: LocalServer, services: list[ServiceSpec], options: Opti
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SHARED_DATABASE)))
     with psycopg.connect(source.conninfo(SHARED_DATABASE), autocommit=True) as conn:
         create_shared_source(conn, options.sql_dir)
+        conn.execute(TODAYS_REFERENCES.read_text(encoding="utf-8"))
         rows = fill_shared_source(conn, scale=options.scale, seed=options.seed)
         conn.execute("ANALYZE")
         for spec in services:

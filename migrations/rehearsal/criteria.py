@@ -9,9 +9,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .. import engine
+from .. import engine, references
 from ..catalog import read_catalog
 from ..connection import connect, one_line
+from ..sequences import highest_drawn
 from ..verify import Checksum, checksum
 from . import profile360
 from .services import ServiceSpec
@@ -155,3 +156,77 @@ def source_frozen_and_unchanged(source: str, runs: list[ServiceRun], before: Map
     problems += [f"{name} changed" for name in sorted(before) if after.get(name) != before[name]]
     figure = "; ".join(problems) if problems else f"{refused} tables refuse writes; {len(before)} checksums unchanged"
     return Criterion("the source schemas are frozen and unchanged", not problems, figure)
+
+
+def no_orphans(runs: list[ServiceRun]) -> Criterion:
+    """Ids pointing at another service's rows still find them, across the new databases."""
+    peers = {run.spec.source_schema: run.endpoints.target for run in runs if not run.error}
+    counted, problems = [], []
+    for run in runs:
+        if run.error:
+            continue
+        report = engine.verify(run.endpoints, peers=peers)
+        counted += report.orphans
+        problems += [f"{o.reference}: {', '.join(o.new_ids)}" for o in report.orphans if o.introduced]
+    before, after = sum(o.before for o in counted), sum(o.after for o in counted)
+    figure = "; ".join(problems) if problems else (
+        f"{len(counted)} foreign keys across services: {before} orphans before the split, {after} after"
+    )
+    return Criterion("no orphans across services", bool(counted) and not problems, figure)
+
+
+def no_id_collisions(runs: list[ServiceRun]) -> Criterion:
+    """Every new sequence's next value is past every id drawn from it, or from the shared sequence it replaces."""
+    live = [run for run in runs if not run.error]
+    shared = set()
+    for run in live:
+        with connect(run.endpoints.source, "source") as conn:
+            shared |= {ref.referenced for ref in references.find(conn, run.spec.source_schema).shared_sequences}
+    # A shared sequence's replacements are checked against the ids of every database that drew from it.
+    groups: dict[tuple[str, str], list[tuple[str, int, int | None]]] = {}
+    for run in live:
+        with connect(run.endpoints.target, "target") as conn:
+            for name, increment in conn.execute(_SEQUENCES, (run.endpoints.target_schema,)).fetchall():
+                sequence = sql.Identifier(run.endpoints.target_schema, name)
+                last_value, is_called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sequence)).fetchone()
+                next_value = last_value + increment if is_called else last_value
+                highest = highest_drawn(conn, sequence)
+                key = ("", name) if name in shared else (run.spec.database, name)
+                groups.setdefault(key, []).append((run.spec.database, next_value, highest))
+    problems = []
+    for (_, name), uses in sorted(groups.items()):
+        highest = max((h for _, _, h in uses if h is not None), default=None)
+        problems += [
+            f"{database}: {name} would issue {next_value}, but {highest} is in use"
+            for database, next_value, _ in uses
+            if highest is not None and next_value <= highest
+        ]
+    count = sum(len(uses) for uses in groups.values())
+    figure = "; ".join(problems) if problems else (
+        f"{count} sequences issue new ids only"
+        + (f"; {', '.join(sorted(shared))} (shared today) now one per database, past the ids of both" if shared else "")
+    )
+    return Criterion("no id collisions", count > 0 and not problems, figure)
+
+
+_SEQUENCES = "SELECT sequencename, increment_by FROM pg_sequences WHERE schemaname = %s"
+
+
+def planner_statistics(runs: list[ServiceRun]) -> Criterion:
+    """The first queries after cutover get real plans: every copied table has been analyzed."""
+    analyzed, missing = 0, []
+    for run in runs:
+        if run.error:
+            continue
+        with connect(run.endpoints.target, "target") as conn:
+            for table, has_statistics in conn.execute(
+                "SELECT relname, last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL FROM pg_stat_user_tables"
+                " WHERE schemaname = %s",
+                (run.endpoints.target_schema,),
+            ):
+                if has_statistics:
+                    analyzed += 1
+                else:
+                    missing.append(f"{run.endpoints.target_schema}.{table}")
+    figure = "not analyzed: " + ", ".join(missing) if missing else f"{analyzed} of {analyzed} copied tables analyzed"
+    return Criterion("every copied table has planner statistics", analyzed > 0 and not missing, figure)

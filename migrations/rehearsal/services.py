@@ -19,6 +19,7 @@ class ServiceSpec:
     database: str
     user: str
     init_file: Path
+    dropped_on_purpose: frozenset[str] = frozenset()
 
 
 def services_from_stack(stack_file: Path, sql_dir: Path) -> list[ServiceSpec]:
@@ -39,6 +40,7 @@ def services_from_stack(stack_file: Path, sql_dir: Path) -> list[ServiceSpec]:
                 database=entry["database"],
                 user=entry["user"],
                 init_file=sql_dir / f"{entry['database']}_init.sql",
+                dropped_on_purpose=frozenset(entry.get("dropOnPurpose") or ()),
             )
         except (KeyError, TypeError) as error:
             raise MigrationError(f"{stack_file}: {SERVICES_KEY}[{index}] lacks {error}") from None

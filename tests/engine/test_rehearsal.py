@@ -27,7 +27,7 @@ def test_the_rehearsal_passes_every_criterion(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(report_file.read_text())
-    assert report["passed"] and len(report["criteria"]) == 5
+    assert report["passed"] and len(report["criteria"]) == 8
     assert all(c["passed"] for c in report["criteria"])
     assert "300 of 300 partners equal" in result.stdout
     assert report["rows_generated"] > 300

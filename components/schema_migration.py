@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -22,6 +22,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 # Inputs that name the data: changing one means a different copy, so a new resource.
 _IDENTITY = ("source_schema", "target_schema")
+# What create measured; an update keeps it.
+_COPY_OUTPUTS = ("tables", "references", "copy_seconds", "verify_seconds", "duration_seconds")
 
 
 @dataclass
@@ -40,6 +42,8 @@ class SchemaMigrationArgs:
     """The text of ``sql/<database>_init.sql``."""
     jobs: pulumi.Input[int] = 2
     """Parallel connections for the copy and the verification."""
+    dropped_on_purpose: pulumi.Input[list[str]] = field(default_factory=list)
+    """Views, functions and triggers that need another service's data and are knowingly not carried."""
 
 
 def _init_hash(init_sql: str) -> str:
@@ -78,6 +82,8 @@ class SchemaMigrationProvider(ResourceProvider):
             changes.append("init_sql")
         if news.get("service_user") != olds.get("service_user"):
             changes.append("service_user")
+        if sorted(news.get("dropped_on_purpose") or ()) != olds.get("dropped_on_purpose", []):
+            changes.append("dropped_on_purpose")
         return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -91,11 +97,13 @@ class SchemaMigrationProvider(ResourceProvider):
                 init_sql=props["init_sql"],
                 service_user=props["service_user"],
                 jobs=int(props.get("jobs", 2)),
+                dropped_on_purpose=frozenset(props.get("dropped_on_purpose") or ()),
             )
         except MigrationError as error:
             raise MigrationFailed(str(error)) from None
         outs = _outputs(props) | {
             "tables": {t.table: {"rows": t.rows, "checksum": t.checksum} for t in report.tables},
+            "references": report.references,
             "copy_seconds": round(report.copy_seconds, 3),
             "verify_seconds": round(report.verify_seconds, 3),
             "duration_seconds": round(report.duration_seconds, 3),
@@ -110,7 +118,7 @@ class SchemaMigrationProvider(ResourceProvider):
             engine.evolve(_endpoints(news), init_sql=news["init_sql"], service_user=news["service_user"])
         except MigrationError as error:
             raise MigrationFailed(str(error)) from None
-        kept = {key: olds[key] for key in ("tables", "copy_seconds", "verify_seconds", "duration_seconds") if key in olds}
+        kept = {key: olds[key] for key in _COPY_OUTPUTS if key in olds}
         return UpdateResult(outs=_outputs(news) | kept)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
@@ -135,6 +143,7 @@ def _outputs(props: dict[str, Any]) -> dict[str, Any]:
         "source_schema": props["source_schema"],
         "target_schema": props["target_schema"],
         "service_user": props["service_user"],
+        "dropped_on_purpose": sorted(props.get("dropped_on_purpose") or ()),
         "init_sql_sha256": _init_hash(props["init_sql"]),
     }
 
@@ -149,6 +158,8 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
     init_sql_sha256: pulumi.Output[str]
     tables: pulumi.Output[dict]
     """Per table: ``rows`` and ``checksum``, identical on both sides when created."""
+    references: pulumi.Output[list]
+    """References across service boundaries, each with what the migration did about it."""
     copy_seconds: pulumi.Output[float]
     verify_seconds: pulumi.Output[float]
     duration_seconds: pulumi.Output[float]
@@ -162,6 +173,7 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
             "service_user": args.service_user,
             "init_sql": args.init_sql,
             "jobs": args.jobs,
-            **{key: None for key in ("source", "target", "init_sql_sha256", "tables", "copy_seconds", "verify_seconds", "duration_seconds")},
+            "dropped_on_purpose": args.dropped_on_purpose,
+            **{key: None for key in ("source", "target", "init_sql_sha256", *_COPY_OUTPUTS)},
         }
         super().__init__(SchemaMigrationProvider(), name, props, opts)

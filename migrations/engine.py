@@ -59,6 +59,7 @@ class MigrationReport:
     copy_seconds: float = 0.0
     verify_seconds: float = 0.0
     duration_seconds: float = 0.0
+    freeze_window_seconds: float | None = None  # online cutover: from the freeze to the verified copy
 
     @property
     def verified(self) -> bool:
@@ -75,7 +76,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
     With ``init_sql`` the target is compared as it would be after it.
     """
     with endpoints.connect_source() as source, endpoints.connect_target() as target:
-        source_catalog = _read_source(source, endpoints)
+        source_catalog = read_source(source, endpoints)
         refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
         with target.cursor() as cur:
             references.create_shared_types(source, cur, refs)
@@ -109,11 +110,11 @@ def migrate(
         if not state.lock(lock_holder, endpoints.target_schema):
             raise MigrationError(f"another migration into {endpoints.target_identity} is running")
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
-            source_catalog = _read_source(source, endpoints)
+            source_catalog = read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
             if refs.refused:
                 raise CrossServiceReferences(endpoints.source_identity, [f"{r.kind} {r.name} depends on {r.depends_on}" for r in refs.refused])
-            run = _prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user)
+            run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user)
             source.commit()
             newly_frozen = freeze(source, endpoints.source_schema)
             log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
@@ -129,7 +130,7 @@ def migrate(
             copy_seconds = time.monotonic() - copy_started
 
         verify_started = time.monotonic()
-        report = _verify(endpoints, source_catalog, refs, copies, jobs, peers or {})
+        report = verify_copy(endpoints, source_catalog, refs, copies, jobs, peers or {})
         report.copy_seconds = copy_seconds
         report.verify_seconds = time.monotonic() - verify_started
         report.duration_seconds = time.monotonic() - started
@@ -148,21 +149,23 @@ def verify(endpoints: Endpoints, jobs: int = 2, peers: dict[str, str] | None = N
     """
     started = time.monotonic()
     with endpoints.connect_source() as source:
-        catalog = _read_source(source, endpoints)
+        catalog = read_source(source, endpoints)
         refs = references.find(source, endpoints.source_schema)
-    report = _verify(endpoints, catalog, refs, [], jobs, peers or {})
+    report = verify_copy(endpoints, catalog, refs, [], jobs, peers or {})
     report.verify_seconds = report.duration_seconds = time.monotonic() - started
     return report
 
 
-def _verify(
+def verify_copy(
     endpoints: Endpoints,
     catalog: Catalog,
     refs: References,
     copies: list[TableCopy],
     jobs: int,
-    peers: dict[str, str],
+    peers: dict[str, str] | None = None,
 ) -> MigrationReport:
+    """Counts and checksums of every table on both sides, and orphans towards ``peers``."""
+    peers = peers or {}
     report = _report(endpoints, copies, verify_tables(endpoints, list(catalog.tables.values()), jobs))
     report.references = [_describe(r) for r in refs.items]
     counted = [r for r in refs.foreign_keys if r.other_schema in peers]
@@ -193,7 +196,7 @@ def evolve(endpoints: Endpoints, *, init_sql: str, service_user: str | None = No
             _grant(cur, endpoints.target_schema, service_user)
 
 
-def _read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
+def read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
     catalog = read_catalog(source, endpoints.source_schema)
     if not catalog.exists:
         raise MigrationError(f"source schema {endpoints.source_identity} does not exist")
@@ -213,7 +216,7 @@ def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str) -> None:
     cur.execute("SET LOCAL search_path = pg_catalog")
 
 
-def _prepare_target(
+def prepare_target(
     target: psycopg.Connection,
     source: psycopg.Connection,
     endpoints: Endpoints,
@@ -221,6 +224,7 @@ def _prepare_target(
     refs: References,
     init_sql: str | None,
     service_user: str | None,
+    mode: str = state.OFFLINE,
 ) -> state.Run:
     """Init, drift check, ownership check and grants, in one transaction: all or nothing."""
     with target.transaction(), target.cursor() as cur:
@@ -230,6 +234,8 @@ def _prepare_target(
             raise MigrationError(
                 f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
             )
+        if run and run.mode != mode:
+            raise MigrationError(f"target {endpoints.target_identity} is being migrated {run.mode}, not {mode}")
         for name in references.create_shared_types(source, cur, refs):
             log.info("created %s, shared with another service, in the target", name)
         if init_sql is not None:
@@ -237,8 +243,9 @@ def _prepare_target(
         target_catalog = read_catalog(target, endpoints.target_schema)
         if differences := compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs):
             raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, differences)
-        already_copied = state.copied_tables(cur, endpoints.target_schema)
-        for name in sorted(source_catalog.tables.keys() - already_copied):
+        # An online run's tables hold what its subscription replicated.
+        owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else state.copied_tables(cur, endpoints.target_schema)
+        for name in sorted(source_catalog.tables.keys() - owned):
             cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(endpoints.target_schema, name)))
             if cur.fetchone()[0]:
                 raise ForeignRows(
@@ -249,7 +256,7 @@ def _prepare_target(
             _index_reference(cur, endpoints.target_schema, ref)
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
-        state.start_run(cur, endpoints.target_schema, endpoints.source_identity)
+        state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
         state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
         return state.load_run(cur, endpoints.target_schema)
 
@@ -332,14 +339,19 @@ def _finish(
     log.info("rebuilt %d indexes and constraints", restored)
     positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
     log.info("set %d sequences", len(positions))
-    run_all(jobs, [lambda name=name: _analyze(endpoints, name) for name in catalog.tables])
+    analyze(endpoints, list(catalog.tables), jobs)
     with target.transaction(), target.cursor() as cur:
         state.finish_run(cur, endpoints.target_schema)
 
 
-def _analyze(endpoints: Endpoints, table: str) -> None:
-    with endpoints.connect_target(autocommit=True) as conn:
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(endpoints.target_schema, table)))
+def analyze(endpoints: Endpoints, tables: list[str], jobs: int) -> None:
+    """Planner statistics for the copied tables, so the first queries after cutover get real plans."""
+
+    def one(table: str) -> None:
+        with endpoints.connect_target(autocommit=True) as conn:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(endpoints.target_schema, table)))
+
+    run_all(jobs, [lambda table=table: one(table) for table in tables])
 
 
 def _report(endpoints: Endpoints, copies: list[TableCopy], verifications: list[TableVerification]) -> MigrationReport:

@@ -16,13 +16,23 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 STATE_SCHEMA = "schema_migration"
+OFFLINE, ONLINE = "offline", "online"
 
-_DDL = """
+# Online mode: written on the source after the freeze; once it reaches the
+# target, every write made before the freeze has been applied there. The same
+# table exists on both sides.
+CUTOVER_MARK_DDL = """
 CREATE SCHEMA IF NOT EXISTS schema_migration;
+CREATE TABLE IF NOT EXISTS schema_migration.cutover_mark (schema_name text PRIMARY KEY, token uuid NOT NULL);
+"""
+
+_DDL = CUTOVER_MARK_DDL + """
 CREATE TABLE IF NOT EXISTS schema_migration.run (
   target_schema text PRIMARY KEY,
   source        text NOT NULL,         -- host:port/dbname/schema, never a password
   started_at    timestamptz NOT NULL DEFAULT now(),
+  mode          text NOT NULL DEFAULT 'offline' CHECK (mode IN ('offline', 'online')),
+  cutover_at    timestamptz,           -- online: the service may write here from then on
   deferred      boolean NOT NULL DEFAULT false,  -- indexes and constraints set aside for the load
   finished_at   timestamptz,           -- every table copied, objects restored, sequences set
   verified_at   timestamptz,
@@ -60,6 +70,8 @@ CREATE TABLE IF NOT EXISTS schema_migration.reference (
 @dataclass(frozen=True)
 class Run:
     source: str
+    mode: str
+    cut_over: bool
     deferred: bool
     finished: bool
 
@@ -96,17 +108,25 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
 
 def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
     cur.execute(
-        "SELECT source, deferred, finished_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
+        "SELECT source, mode, cutover_at IS NOT NULL, deferred, finished_at IS NOT NULL"
+        " FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
         (target_schema,),
     )
     row = cur.fetchone()
     return Run(*row) if row else None
 
 
-def start_run(cur: psycopg.Cursor, target_schema: str, source: str) -> None:
+def start_run(cur: psycopg.Cursor, target_schema: str, source: str, mode: str = OFFLINE) -> None:
     cur.execute(
-        "INSERT INTO schema_migration.run (target_schema, source) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (target_schema, source),
+        "INSERT INTO schema_migration.run (target_schema, source, mode) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        (target_schema, source, mode),
+    )
+
+
+def record_cutover(cur: psycopg.Cursor, target_schema: str, cut_over: bool) -> None:
+    cur.execute(
+        "UPDATE schema_migration.run SET cutover_at = CASE WHEN %s THEN now() END WHERE target_schema = %s",
+        (cut_over, target_schema),
     )
 
 

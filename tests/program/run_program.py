@@ -7,9 +7,9 @@ Config comes from ``PULUMI_CONFIG`` / ``PULUMI_CONFIG_SECRET_KEYS`` exactly as
 then ``run_in_stack(runpy.run_path(PROJECT_DIR))`` like the exec script. Each
 run is its own process, so no runtime state leaks between stacks.
 
-The mock monitor records every RegisterResource request (type, name, parent,
-provider, protect, dependencies, serialized inputs with their secret markers)
-and every RegisterResourceOutputs. Like the engine, it marks an output secret
+The mock monitor records every RegisterResource and ReadResource request (a
+StackReference is a read): type, name, parent, provider, protect, dependencies,
+serialized inputs with their secret markers; and every RegisterResourceOutputs. Like the engine, it marks an output secret
 when its input was secret or the resource lists it in additional_secret_outputs.
 """
 
@@ -35,7 +35,9 @@ SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
 # Minimal stand-ins for what each provider computes on create.
 COMPUTED = {
     "random:index/randomId:RandomId": lambda a: {"hex": a.inputs["prefix"] + _digest(a.name, 8)},
-    "random:index/randomPassword:RandomPassword": lambda a: {"result": _digest(a.name, int(a.inputs["length"]))},
+    "random:index/randomPassword:RandomPassword": lambda a: {
+        "result": _digest(a.name, int(a.inputs["length"]))
+    },
     "gcp:sql/databaseInstance:DatabaseInstance": lambda a: {
         "privateIpAddress": "10.20.0." + str(int(_digest(a.name, 2), 16) % 250 + 2),
         "connectionName": f"mock-project:us-central1:{a.inputs['name']}",
@@ -66,34 +68,52 @@ class RecordingMonitor(MockMonitor):
         self.registered: list[dict[str, Any]] = []
         self.outputs: dict[str, Any] = {}
 
-    def RegisterResource(self, request):  # noqa: N802 - the monitor's gRPC method name
+    def RegisterResource(self, request):
         response = super().RegisterResource(request)
-        inputs = json_format.MessageToDict(request.object)
+        self._record(
+            response.urn, request, request.object, request.custom, request.protect, request.retainOnDelete
+        )
+        self._mark_secret_outputs(request, request.object, response.object)
+        return response
+
+    def ReadResource(self, request):
+        response = super().ReadResource(request)
+        self._record(response.urn, request, request.properties, True, False, False)
+        self._mark_secret_outputs(request, request.properties, response.properties)
+        return response
+
+    def _record(
+        self, urn: str, request, inputs: struct_pb2.Struct, custom: bool, protect: bool, retain: bool
+    ) -> None:
         self.registered.append(
             {
-                "urn": response.urn,
+                "urn": urn,
                 "type": request.type,
                 "name": request.name,
                 "parent": request.parent,
-                "custom": request.custom,
+                "custom": custom,
                 "provider": request.provider,
-                "protect": request.protect,
-                "retainOnDelete": request.retainOnDelete,
+                "protect": protect,
+                "retainOnDelete": retain,
                 "dependencies": list(request.dependencies),
-                "inputs": inputs,
+                "inputs": json_format.MessageToDict(inputs),
             }
         )
-        secret_outputs = set(request.additionalSecretOutputs) | {
-            key for key, value in inputs.items() if _is_secret(value)
+
+    @staticmethod
+    def _mark_secret_outputs(request, inputs: struct_pb2.Struct, outputs: struct_pb2.Struct) -> None:
+        """As the engine does: secret inputs stay secret as outputs, and so do additional_secret_outputs."""
+        given = json_format.MessageToDict(inputs)
+        state = json_format.MessageToDict(outputs)
+        secret = set(request.additionalSecretOutputs) | {
+            key for key, value in given.items() if _is_secret(value)
         }
-        state = json_format.MessageToDict(response.object)
-        for key in secret_outputs & state.keys():
+        for key in secret & state.keys():
             if not _is_secret(state[key]):
                 state[key] = {**SECRET, "value": state[key]}
-        response.object.CopyFrom(json_format.ParseDict(state, struct_pb2.Struct()))
-        return response
+        outputs.CopyFrom(json_format.ParseDict(state, struct_pb2.Struct()))
 
-    def RegisterResourceOutputs(self, request):  # noqa: N802
+    def RegisterResourceOutputs(self, request):
         self.outputs[request.urn] = json_format.MessageToDict(request.outputs)
         return super().RegisterResourceOutputs(request)
 
@@ -103,6 +123,9 @@ def _is_secret(value: Any) -> bool:
 
 
 def main(project_dir: str, stack_name: str, out: str) -> None:
+    # One event loop for set_mocks and the program, as in the language host.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     project = yaml.safe_load(Path(project_dir, "Pulumi.yaml").read_text())["name"]
     pulumi.runtime.set_all_config(
         pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env()
@@ -113,12 +136,10 @@ def main(project_dir: str, stack_name: str, out: str) -> None:
     # run_in_stack registers the one whose outputs are the stack outputs.
     settings.set_root_resource(None)  # type: ignore[arg-type]
     os.chdir(project_dir)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     error = None
     try:
         loop.run_until_complete(stack.run_in_stack(lambda: runpy.run_path(project_dir, run_name="__main__")))
-    except Exception as exc:  # noqa: BLE001 - the test asserts on it
+    except Exception as exc:
         error = {"type": type(exc).__name__, "message": str(exc)}
     Path(out).write_text(
         json.dumps({"resources": monitor.registered, "outputs": monitor.outputs, "error": error})

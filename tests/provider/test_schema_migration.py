@@ -59,6 +59,7 @@ def test_create_diff_update_delete_through_the_sdk_host(inputs, shared_source):
         assert table_rows(target, CAMPAIGNS.schema) == source_rows
         assert {name: t["rows"] for name, t in outputs["tables"].items()} == {n: len(r) for n, r in source_rows.items()}
         assert outputs["duration_seconds"] > 0
+        assert outputs["references"] == []  # the engine tests' shared source has no cross-service references
         assert "source_url" not in outputs and "target_url" not in outputs
         assert SECRET not in json.dumps(outputs) + resource_id
 

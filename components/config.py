@@ -1,0 +1,350 @@
+"""The stack's configuration, typed and validated before any resource exists.
+
+Pulumi.yaml declares the scalar keys (the CLI checks their types and fills in
+their defaults); the structured ones (``services``, ``kubernetes``) cannot be
+declared there, so they are checked here against the dataclasses below: a
+field's type, and the Rule in its ``Annotated`` hint. Every problem is collected
+and reported at once in a :class:`ConfigError` whose lines name the key path
+(``services[2].tier``) and what is allowed.
+"""
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import pulumi
+
+# Read by __main__ with require_secret; listed here so it is a known key.
+SECRET_KEYS = ("sourceDatabaseUrl",)
+
+# The migration connects as `migrator`; Cloud SQL owns `postgres`, pg_* and cloudsql*.
+RESERVED_USERS = ("migrator", "postgres")
+
+
+class ConfigError(pulumi.RunError):
+    """Stack configuration the program refuses to deploy.
+
+    A RunError, so `pulumi up` prints the message alone, without a traceback.
+    """
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A test on one value, and the text telling the user what would pass."""
+
+    allowed: str
+    test: Callable[[Any], bool]
+
+
+def pattern(regex: str, allowed: str) -> Rule:
+    return Rule(allowed, lambda value: re.fullmatch(regex, value) is not None)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(" or ".join(choices), lambda value: value in choices)
+
+
+def between(low: int, high: int, unit: str = "") -> Rule:
+    return Rule(f"{low}..{high}{unit}", lambda value: low <= value <= high)
+
+
+def _is_tier(tier: str) -> bool:
+    if tier in ("db-f1-micro", "db-g1-small"):
+        return True
+    custom = re.fullmatch(r"db-custom-(\d+)-(\d+)", tier)
+    if custom is None:
+        return False
+    cpus, mib = int(custom[1]), int(custom[2])
+    return (
+        (cpus == 1 or (cpus % 2 == 0 and cpus <= 96))
+        and mib % 256 == 0
+        and max(3840, 0.9 * 1024 * cpus) <= mib <= 6.5 * 1024 * cpus
+    )
+
+
+def _is_endpoint(endpoint: str) -> bool:
+    match = re.fullmatch(r"[A-Za-z0-9.-]+:(\d{1,5})", endpoint)
+    return match is not None and 1 <= int(match[1]) <= 65535
+
+
+# Lower case so the name is the same quoted or not, in SQL and in the init scripts.
+IDENTIFIER_REGEX = r"[a-z_][a-z0-9_]{0,62}"
+
+
+def _is_user(user: str) -> bool:
+    return (
+        re.fullmatch(IDENTIFIER_REGEX, user) is not None
+        and user not in RESERVED_USERS
+        and not user.startswith(("pg_", "cloudsql"))
+    )
+
+
+IDENTIFIER = pattern(IDENTIFIER_REGEX, "a PostgreSQL identifier: [a-z_][a-z0-9_]*, at most 63 characters")
+DNS_LABEL = pattern(
+    r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+    "a DNS-1123 label: lower-case letters, digits and '-', at most 63 characters",
+)
+DNS_SUBDOMAIN = pattern(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
+    "a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253 characters",
+)
+# The stack name and an 8-character suffix are appended (ServiceDatabase), and
+# Cloud SQL limits "<project-id>:<instance-id>" to 98 characters.
+INSTANCE = pattern(
+    r"[a-z][a-z0-9-]{0,59}",
+    "a Cloud SQL instance name: a lower-case letter, then lower-case letters, digits and '-', at most 60 characters",
+)
+TIER = Rule(
+    "db-f1-micro, db-g1-small or db-custom-<vCPUs>-<MiB> (1 or an even number of vCPUs up to 96;"
+    " memory a multiple of 256 MiB, at least 3840 MiB, 0.9-6.5 GiB per vCPU)",
+    _is_tier,
+)
+USER = Rule(
+    f"a PostgreSQL identifier other than {', '.join(RESERVED_USERS)}, pg_* and cloudsql*",
+    _is_user,
+)
+
+
+@dataclass(frozen=True)
+class Backups:
+    """Automated backups are always on: once a service writes to its new database, that data exists nowhere else."""
+
+    start_time: Annotated[str, pattern(r"([01][0-9]|2[0-3]):[0-5][0-9]", "HH:MM (UTC), e.g. 03:00")]
+    retained_backups: Annotated[int, between(1, 365)]
+    point_in_time_recovery: bool
+    transaction_log_retention_days: Annotated[int, between(1, 7, " (Cloud SQL Enterprise edition)")]
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    day: Annotated[int, between(1, 7, " (1 = Monday, 7 = Sunday)")]
+    hour: Annotated[int, between(0, 23, " (UTC)")]
+    update_track: Annotated[str, one_of("canary", "stable", "week5")]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service: where its data is today, and the instance it moves to."""
+
+    name: Annotated[str, DNS_LABEL]
+    instance: Annotated[str, INSTANCE]
+    source_schema: Annotated[str, IDENTIFIER]
+    database: Annotated[str, IDENTIFIER]
+    user: Annotated[str, USER]
+    tier: Annotated[str, TIER]
+    disk_size_gb: Annotated[int, between(10, 65536, " GB")]
+    availability: Annotated[str, one_of("ZONAL", "REGIONAL")]
+    backups: Backups
+    deletion_protection: bool
+    maintenance_window: MaintenanceWindow
+    namespace: Annotated[str, DNS_LABEL]
+    deployment: Annotated[str, DNS_SUBDOMAIN]
+    container: Annotated[str, DNS_LABEL]
+    secret_name: Annotated[str, DNS_SUBDOMAIN]
+    # Views, functions and triggers that need another service's data and are
+    # knowingly not carried over (names as the migration reports them).
+    drop_on_purpose: tuple[Annotated[str, pattern(r"\S(.*\S)?", "a name, e.g. <schema>.<view>")], ...] = ()
+    # Where `pulumi up` reaches the new instance, when not at its private IP
+    # (e.g. a Cloud SQL Auth Proxy on this machine).
+    migration_endpoint: Annotated[str | None, Rule("host:port, e.g. 127.0.0.1:5433", _is_endpoint)] = None
+
+
+@dataclass(frozen=True)
+class KubernetesAccess:
+    # Required: falling back to the current context could point a dev run at prod.
+    context: Annotated[str, pattern(r"\S+", "a kubeconfig context name")]
+    kubeconfig: str | None = None  # path or contents; default: $KUBECONFIG or ~/.kube/config
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """This project's keys; Pulumi.yaml declares the scalar ones, with their defaults."""
+
+    network: Annotated[
+        str, pattern(r"projects/[^/]+/global/networks/[^/]+", "projects/<project>/global/networks/<network>")
+    ]
+    database_version: Annotated[str, pattern(r"POSTGRES_\d+", "POSTGRES_<major>, e.g. POSTGRES_15")]
+    public_ip: bool
+    migration_jobs: Annotated[int, between(1, 64)]
+    cluster_stack: Annotated[str, pattern(r"([^/\s]+/[^/\s]+/[^/\s]+)?", "<organization>/<project>/<stack>")]
+    services: tuple[ServiceConfig, ...]
+    kubernetes: KubernetesAccess | None = None
+
+
+def init_script(sql_dir: Path, database: str) -> Path:
+    """The schema of record for a service's new database."""
+    return sql_dir / f"{database}_init.sql"
+
+
+def from_pulumi(sql_dir: Path) -> StackConfig:
+    """The current stack's configuration, as the engine handed it to this program."""
+    project = pulumi.get_project()
+    # pulumi.Config reads one key at a time; refusing unknown keys needs them all.
+    handed = {**pulumi.runtime.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+    prefix = f"{project}:"
+    values = {key[len(prefix) :]: value for key, value in handed.items() if key.startswith(prefix)}
+    return load(project, pulumi.get_stack(), values, sql_dir)
+
+
+def load(project: str, stack: str, values: Mapping[str, str], sql_dir: Path) -> StackConfig:
+    """Parse and check ``values`` (this project's config, as the engine's strings).
+
+    Raises ConfigError listing every problem: all field problems, then, once
+    the fields are valid, those between fields and services.
+    """
+    problems: list[str] = []
+    known = {_camel(f.name): f for f in dataclasses.fields(StackConfig)}
+    for key in sorted(values.keys() - known.keys() - set(SECRET_KEYS)):
+        problems.append(f"{project}:{key}: unknown key; allowed: {', '.join(sorted([*known, *SECRET_KEYS]))}")
+    decoded = {key: _decode(known[key], raw) for key, raw in values.items() if key in known}
+    config = _parse(StackConfig, decoded, "", problems)
+    if config is not None:
+        problems += _cross_checks(stack, config, sql_dir)
+    if not re.fullmatch(r"[a-z0-9-]+", stack):
+        problems.append(
+            f"stack name {stack!r}: allowed: lower-case letters, digits and '-' (it is part of instance names)"
+        )
+    if problems:
+        raise ConfigError(f"stack '{stack}': invalid configuration:\n  " + "\n  ".join(problems))
+    assert config is not None
+    return config
+
+
+def _cross_checks(stack: str, config: StackConfig, sql_dir: Path) -> list[str]:
+    problems = []
+    if not config.services:
+        problems.append("services: empty; allowed: a list of at least one service")
+    if bool(config.cluster_stack) == (config.kubernetes is not None):
+        problems.append(
+            "kubernetes, clusterStack: allowed: exactly one of them, to say which cluster the services run in"
+        )
+    # Only dev may be reachable from outside the VPC (through the Auth Proxy; no authorized networks).
+    if config.public_ip and stack.split("-")[0] != "dev":
+        problems.append(
+            f"publicIp: true is not allowed on stack '{stack}'; allowed: false outside dev stacks"
+        )
+    unique = {
+        "name": lambda s: s.name,
+        "instance": lambda s: s.instance,
+        "sourceSchema": lambda s: s.source_schema,
+        "database": lambda s: s.database,
+        "deployment": lambda s: (s.namespace, s.deployment),
+        "secretName": lambda s: (s.namespace, s.secret_name),
+    }
+    for key, value_of in unique.items():
+        first: dict[Any, int] = {}
+        for index, service in enumerate(config.services):
+            value = value_of(service)
+            if value in first:
+                problems.append(
+                    f"services[{index}].{key}: {_show(value)} is already used by services[{first[value]}];"
+                    " allowed: a value no other service uses"
+                )
+            first.setdefault(value, index)
+    for index, service in enumerate(config.services):
+        script = init_script(sql_dir, service.database)
+        if not script.is_file():
+            problems.append(
+                f"services[{index}].database: {script} does not exist;"
+                f" allowed: a database whose init script {sql_dir.name}/<database>_init.sql exists"
+            )
+    return problems
+
+
+def _show(value: Any) -> str:
+    return "/".join(value) if isinstance(value, tuple) else repr(value)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _decode(spec: dataclasses.Field[Any], raw: str) -> Any:
+    """The engine hands every value as a string; numbers, booleans and structures as JSON."""
+    if _base(typing.get_type_hints(StackConfig)[spec.name]) is str:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # reported by _parse as not of the right type
+
+
+def _rule(hint: Any) -> Rule | None:
+    """The Rule of an ``Annotated[type, Rule]`` hint."""
+    return next((extra for extra in getattr(hint, "__metadata__", ()) if isinstance(extra, Rule)), None)
+
+
+def _base(hint: Any) -> Any:
+    """The type a hint asks for, without its Rule and without Optional."""
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _allowed(hint: Any) -> str:
+    check = _rule(hint)
+    if check is not None:
+        return check.allowed
+    kind = _base(hint)
+    if dataclasses.is_dataclass(kind):
+        return "a mapping with the fields " + ", ".join(_camel(f.name) for f in dataclasses.fields(kind))
+    if typing.get_origin(kind) is tuple:
+        return "a list"
+    return {str: "a string", int: "an integer", bool: "true or false"}[kind]
+
+
+def _parse(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """``value`` as ``hint`` asks, or None after adding what is wrong to ``problems``."""
+    kind = _base(hint)
+    if dataclasses.is_dataclass(kind):
+        parsed = _parse_dataclass(kind, value, path, problems)
+    elif typing.get_origin(kind) is tuple:
+        if not isinstance(value, list):
+            problems.append(f"{path}: {value!r} is not valid; allowed: a list")
+            return None
+        item = typing.get_args(kind)[0]
+        parsed = tuple(
+            _parse(item, element, f"{path}[{index}]", problems) for index, element in enumerate(value)
+        )
+    # bool is an int in Python; a YAML `true` must not pass as a number.
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        parsed = value
+    else:
+        problems.append(f"{path}: {value!r} is not valid; allowed: {_allowed(kind)}")
+        return None
+    check = _rule(hint)
+    if parsed is not None and check is not None and not check.test(parsed):
+        problems.append(f"{path}: {parsed!r} is not allowed; allowed: {check.allowed}")
+        return None
+    return parsed
+
+
+def _parse_dataclass(kind: Any, value: Any, path: str, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(f"{path}: {value!r} is not valid; allowed: {_allowed(kind)}")
+        return None
+    before = len(problems)
+    hints = typing.get_type_hints(kind, include_extras=True)
+    fields = {_camel(f.name): f for f in dataclasses.fields(kind)}
+    prefix = f"{path}." if path else ""
+    for key in sorted(value.keys() - fields.keys()):
+        problems.append(f"{prefix}{key}: unknown field; allowed: {', '.join(fields)}")
+    parsed = {}
+    for key, spec in fields.items():
+        here = f"{prefix}{key}"
+        if key in value:
+            parsed[spec.name] = _parse(hints[spec.name], value[key], here, problems)
+        elif spec.default is dataclasses.MISSING:
+            problems.append(f"{here}: missing; allowed: {_allowed(hints[spec.name])}")
+    if len(problems) > before:
+        return None
+    return kind(**parsed)

@@ -1,0 +1,322 @@
+"""Online mode: the new database follows the shared instance until cutover.
+
+``sync`` subscribes the new database to a publication of the service's tables
+on the shared instance (native logical replication): the bulk copy and every
+later change flow between the two servers, while the service keeps writing to
+the shared instance. ``cutover`` freezes the source, waits until the target
+has applied everything written before the freeze, carries the sequences,
+verifies, and removes the subscription, the replication slot and the
+publication. The write freeze lasts from the freeze to the verified copy; it
+is measured and reported. ``rollback`` undoes a cutover (the freeze is lifted;
+writes made to the new database since are not carried back) or abandons a sync.
+
+Any failure during cutover lifts the freeze and removes the replication, so
+the service keeps the shared instance and the source keeps no slot (and no
+WAL) behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from . import engine, references, state
+from .connection import Endpoints
+from .errors import MigrationError
+from .freeze import freeze, unfreeze
+from .sequences import carry_sequences
+
+log = logging.getLogger(__name__)
+
+# Subscription states (pg_subscription_rel.srsubstate); "r" is streaming.
+_STATES = {"i": "initializing", "d": "copying", "f": "copied", "s": "synchronized", "r": "streaming"}
+POLL_SECONDS = 0.05
+
+
+@dataclass
+class SyncStatus:
+    tables: dict[str, str] = field(default_factory=dict)  # table -> state
+    lag_bytes: int | None = None  # WAL the subscriber has yet to confirm
+    cut_over: bool = False
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.tables) and all(state == "streaming" for state in self.tables.values())
+
+
+def replication_name(schema: str) -> str:
+    """The publication, subscription and slot of one service's schema."""
+    return f"hexabuilders_{schema}"[:63]
+
+
+def sync(
+    endpoints: Endpoints,
+    *,
+    init_sql: str | None = None,
+    service_user: str | None = None,
+    dropped_on_purpose: frozenset[str] = frozenset(),
+    publisher: str | None = None,
+) -> SyncStatus:
+    """Start streaming the service's tables into its new database, or report how far it is. Idempotent.
+
+    ``publisher`` is how the target server reaches the shared instance, if not
+    as this process does; it travels in the subscription's connection string.
+    """
+    with endpoints.connect_target(autocommit=True) as lock_holder:
+        _lock(lock_holder, endpoints)
+        with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            catalog = engine.read_source(source, endpoints)
+            refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
+            if refs.refused:
+                raise MigrationError("online sync refused: " + "; ".join(f"{r.kind} {r.name} needs {r.depends_on}" for r in refs.refused))
+            _require_replica_identity(source, endpoints)
+            run = engine.prepare_target(target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE)
+            if run.cut_over:
+                return status(endpoints)
+            _publish(source, endpoints, sorted(catalog.tables))
+            if not _subscription_exists(target, endpoints.target_schema):
+                _subscribe(source, target, endpoints, sorted(catalog.tables), publisher)
+    return status(endpoints)
+
+
+def status(endpoints: Endpoints) -> SyncStatus:
+    name = replication_name(endpoints.target_schema)
+    result = SyncStatus()
+    with endpoints.connect_target(autocommit=True) as target:
+        run = target.execute(
+            "SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s", (endpoints.target_schema,)
+        ).fetchone()
+        result.cut_over = bool(run and run[0])
+        for table, code in target.execute(
+            "SELECT c.relname, r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
+            " JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE s.subname = %s AND n.nspname = %s ORDER BY 1",
+            (name, endpoints.target_schema),
+        ):
+            result.tables[table] = _STATES.get(code, code)
+    with endpoints.connect_source(autocommit=True) as source:
+        row = source.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
+            (name,),
+        ).fetchone()
+        result.lag_bytes = row[0] if row else None
+    return result
+
+
+def wait_until_streaming(endpoints: Endpoints, timeout: float) -> SyncStatus:
+    """Wait for the initial copy of every table to finish."""
+    deadline = time.monotonic() + timeout
+    while not (current := status(endpoints)).streaming:
+        if not current.tables:
+            raise MigrationError(f"{endpoints.target_identity} has no subscription: run sync first")
+        if time.monotonic() > deadline:
+            behind = ", ".join(f"{t} {s}" for t, s in current.tables.items() if s != "streaming")
+            raise MigrationError(f"initial copy not finished after {timeout:.0f} s: {behind}")
+        time.sleep(POLL_SECONDS)
+    return current
+
+
+def cutover(endpoints: Endpoints, *, jobs: int = 2, timeout: float = 600.0) -> engine.MigrationReport:
+    """Freeze, catch up, carry sequences, verify, stop replicating. On failure, undo the freeze."""
+    with endpoints.connect_target(autocommit=True) as lock_holder:
+        _lock(lock_holder, endpoints)
+        if status(endpoints).cut_over:
+            raise MigrationError(f"{endpoints.target_identity} is already cut over")
+        wait_until_streaming(endpoints, timeout)
+        with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            catalog = engine.read_source(source, endpoints)
+            refs = references.find(source, endpoints.source_schema)
+            source.commit()
+            try:
+                frozen_at = time.monotonic()
+                freeze(source, endpoints.source_schema)
+                _catch_up(source, target, endpoints, timeout)
+                carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
+                report = engine.verify_copy(endpoints, catalog, refs, [], jobs)
+                window = time.monotonic() - frozen_at
+                if report.mismatched:
+                    raise MigrationError("copy differs after catch-up in " + ", ".join(report.mismatched))
+            except BaseException as error:
+                _undo_cutover(source, endpoints)
+                if isinstance(error, MigrationError):
+                    raise MigrationError(f"cutover failed, the service keeps the shared instance (freeze lifted): {error}") from None
+                raise
+            report.freeze_window_seconds = round(window, 3)
+            log.info("cut over %s: writes were frozen for %.2f s", endpoints.target_identity, window)
+            stop_replication(endpoints)
+            engine.analyze(endpoints, list(catalog.tables), jobs)
+            with target.transaction(), target.cursor() as cur:
+                state.record_cutover(cur, endpoints.target_schema, True)
+                state.record_verification(cur, endpoints.target_schema, report.to_dict())
+    return report
+
+
+def rollback(endpoints: Endpoints) -> str:
+    """Send the service back to the shared instance: lift the freeze, stop any replication."""
+    with endpoints.connect_target(autocommit=True) as lock_holder:
+        _lock(lock_holder, endpoints)
+        stop_replication(endpoints)
+        with endpoints.connect_source() as source:
+            unfreeze(source, endpoints.source_schema)
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            state.ensure(cur)
+            cur.execute("SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s", (endpoints.target_schema,))
+            row = cur.fetchone()
+            state.record_cutover(cur, endpoints.target_schema, False)
+    if row and row[0]:
+        message = (
+            f"rolled back: the service writes to {endpoints.source_identity} again; writes made to"
+            f" {endpoints.target_identity} since cutover are NOT carried back"
+        )
+    else:
+        message = f"rolled back: the freeze on {endpoints.source_identity} is lifted and replication stopped"
+    log.warning(message)
+    return message
+
+
+def stop_replication(endpoints: Endpoints) -> None:
+    """Remove the subscription, the replication slot and the publication, wherever they are. Idempotent."""
+    name = replication_name(endpoints.target_schema)
+    with endpoints.connect_target(autocommit=True) as target:
+        if _subscription_exists(target, endpoints.target_schema):
+            subscription = sql.Identifier(name)
+            # Detach the slot first, so dropping needs no connection to the source.
+            target.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(subscription))
+            target.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(subscription))
+            target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(subscription))
+    with endpoints.connect_source(autocommit=True) as source:
+        _drop_slot(source, name)
+        source.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _lock(conn: psycopg.Connection, endpoints: Endpoints) -> None:
+    if not state.lock(conn, endpoints.target_schema):
+        raise MigrationError(f"another migration into {endpoints.target_identity} is running")
+
+
+def _require_replica_identity(source: psycopg.Connection, endpoints: Endpoints) -> None:
+    """Without a replica identity the source refuses the service's UPDATEs and DELETEs once published."""
+    missing = [
+        name
+        for (name,) in source.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind = 'r' AND (c.relreplident = 'n' OR (c.relreplident = 'd'"
+            "   AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY 1",
+            (endpoints.source_schema,),
+        )
+    ]
+    if missing:
+        raise MigrationError(
+            f"tables of {endpoints.source_identity} without a primary key cannot be replicated: {', '.join(missing)};"
+            " give them one, or ALTER TABLE ... REPLICA IDENTITY FULL on the source (every UPDATE and DELETE"
+            " then logs the whole old row), or migrate offline"
+        )
+
+
+def _publish(source: psycopg.Connection, endpoints: Endpoints, tables: list[str]) -> None:
+    name = replication_name(endpoints.target_schema)
+    with source.transaction(), source.cursor() as cur:
+        cur.execute(state.CUTOVER_MARK_DDL)
+        cur.execute("SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = %s)", (name,))
+        if not cur.fetchone()[0]:
+            published = [sql.Identifier(endpoints.source_schema, t) for t in tables]
+            published.append(sql.Identifier(state.STATE_SCHEMA, "cutover_mark"))
+            cur.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), sql.SQL(", ").join(published))
+            )
+
+
+def _subscription_exists(conn: psycopg.Connection, schema: str) -> bool:
+    return conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_subscription WHERE subname = %s)", (replication_name(schema),)
+    ).fetchone()[0]
+
+
+def _subscribe(
+    source: psycopg.Connection,
+    target: psycopg.Connection,
+    endpoints: Endpoints,
+    tables: list[str],
+    publisher: str | None,
+) -> None:
+    name = replication_name(endpoints.target_schema)
+    # Only an earlier subscription of this run wrote here (prepare_target checked): start clean.
+    emptied = [sql.Identifier(endpoints.target_schema, t) for t in tables]
+    emptied.append(sql.Identifier(state.STATE_SCHEMA, "cutover_mark"))
+    target.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(emptied)))
+    target.commit()
+    with endpoints.connect_source(autocommit=True) as admin:
+        _drop_slot(admin, name)  # left by a run killed between creating it and subscribing
+    target.autocommit = True
+    try:
+        target.execute(
+            sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, slot_name = {})").format(
+                sql.Identifier(name), sql.Literal(publisher or _publisher_conninfo(source)), sql.Identifier(name), sql.Literal(name)
+            )
+        )
+    except psycopg.Error as error:
+        # The server's message may quote the connection string: say only what failed.
+        raise MigrationError(
+            f"cannot subscribe {endpoints.target_identity} to {endpoints.source_identity}"
+            f" ({type(error).__name__}; check that the target server can reach the source and that wal_level is logical)"
+        ) from None
+    finally:
+        target.autocommit = False
+    log.info("subscribed %s to %s", endpoints.target_identity, endpoints.source_identity)
+
+
+def _publisher_conninfo(source: psycopg.Connection) -> str:
+    """How this process reached the source, password included: the target server will connect the same way."""
+    info = source.info
+    params = {k: v for k, v in info.get_parameters().items() if k in ("host", "port", "dbname", "user", "sslmode")}
+    if info.password:
+        params["password"] = info.password
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def _drop_slot(source: psycopg.Connection, name: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        row = source.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+        if row is None:
+            return
+        if not row[0]:
+            source.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+            return
+        if time.monotonic() > deadline:
+            raise MigrationError(f"replication slot {name} on the source is still in use")
+        time.sleep(POLL_SECONDS)  # the walsender of a just-disabled subscription is exiting
+
+
+def _catch_up(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints, timeout: float) -> None:
+    """Write a mark after the freeze and wait for it on the target: apply is in commit order."""
+    token = uuid.uuid4()
+    with source.transaction():
+        source.execute(
+            "INSERT INTO schema_migration.cutover_mark VALUES (%s, %s)"
+            " ON CONFLICT (schema_name) DO UPDATE SET token = EXCLUDED.token",
+            (endpoints.source_schema, token),
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        row = target.execute(
+            "SELECT token FROM schema_migration.cutover_mark WHERE schema_name = %s", (endpoints.source_schema,)
+        ).fetchone()
+        target.rollback()
+        if row and row[0] == token:
+            return
+        if time.monotonic() > deadline:
+            raise MigrationError(f"the target did not catch up within {timeout:.0f} s")
+        time.sleep(POLL_SECONDS)
+
+
+def _undo_cutover(source: psycopg.Connection, endpoints: Endpoints) -> None:
+    source.rollback()
+    unfreeze(source, endpoints.source_schema)
+    stop_replication(endpoints)
+    log.warning("cutover of %s undone: freeze lifted, replication removed", endpoints.target_identity)

@@ -19,12 +19,13 @@ import psycopg
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from . import engine
+from . import engine, online
 from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .freeze import freeze, unfreeze
 from .localserver import LocalServerError
 from .rehearsal import Options, rehearse
+from .state import OFFLINE, ONLINE
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 
@@ -110,6 +111,20 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
     peers(verify)
 
+    sync = command("sync", _sync, "Online mode: stream the schema into the new database while the service keeps writing.")
+    sync.add_argument("--init", type=Path, metavar="FILE", help="init SQL to apply first (else the tables must exist)")
+    sync.add_argument("--service-user", metavar="ROLE", help="grant this role what the service needs in its schema")
+    sync.add_argument("--publisher", metavar="DSN", help="how the target server reaches the source, if not as this command does")
+    sync.add_argument("--wait", action="store_true", help="wait until every table has finished its initial copy")
+    dropped(sync)
+
+    cutover = command("cutover", _cutover, "Online mode: freeze the source, catch up, carry sequences, verify, stop replicating.")
+    cutover.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections for the verification")
+    cutover.add_argument("--timeout", type=_positive, default=600, metavar="SECONDS", help="longest wait for the initial copy and the catch-up")
+    cutover.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+
+    command("rollback", _rollback, "Send the service back to the shared instance: lift the freeze, stop any replication.")
+
     rehearse = commands.add_parser(
         "rehearse",
         help="Rehearse the whole separation on local servers and check the success criteria.",
@@ -123,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
     rehearse.add_argument("--keep", action="store_true", help="leave the servers running and print how to reach them")
     rehearse.add_argument("--workdir", type=Path, metavar="DIR", help="where the servers live (default: a new temporary directory)")
+    rehearse.add_argument("--mode", choices=(OFFLINE, ONLINE), default=OFFLINE, help="offline: freeze, then copy; online: replicate while a writer keeps writing, then cut over")
     rehearse.add_argument("--stack-file", type=Path, default=Options.stack_file, metavar="FILE", help="stack config that lists the services (default: Pulumi.dev.yaml)")
 
     command("freeze", _freeze, "Refuse every write to the source schema (what copy does first).", target=False)
@@ -213,9 +229,44 @@ def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
     return EXIT_OK if report.verified else EXIT_DIFFERENT
 
 
+def _sync(args: argparse.Namespace) -> int:
+    endpoints = _endpoints(args)
+    current = online.sync(
+        endpoints,
+        init_sql=_read_init(args.init),
+        service_user=args.service_user,
+        dropped_on_purpose=frozenset(args.drop_on_purpose),
+        publisher=args.publisher,
+    )
+    if args.wait:
+        current = online.wait_until_streaming(endpoints, timeout=24 * 3600)
+    table = RichTable("table", "state", title=f"{endpoints.source_identity} -> {endpoints.target_identity}")
+    for name, state_ in current.tables.items():
+        table.add_row(name, state_)
+    Console().print(table)
+    lag = "unknown" if current.lag_bytes is None else f"{current.lag_bytes:,} bytes"
+    print("cut over" if current.cut_over else f"replication lag: {lag}")
+    return EXIT_OK
+
+
+def _cutover(args: argparse.Namespace) -> int:
+    report = online.cutover(_endpoints(args), jobs=args.jobs, timeout=args.timeout)
+    status = _print_report(report, args.report)
+    print(f"writes were frozen for {report.freeze_window_seconds:.2f} s")
+    return status
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    print(online.rollback(_endpoints(args)))
+    return EXIT_OK
+
+
 def _rehearse(args: argparse.Namespace) -> int:
     console = Console()
-    options = Options(scale=args.scale, seed=args.seed, jobs=args.jobs, keep=args.keep, workdir=args.workdir, stack_file=args.stack_file)
+    options = Options(
+        scale=args.scale, seed=args.seed, jobs=args.jobs, keep=args.keep, workdir=args.workdir,
+        stack_file=args.stack_file, mode=args.mode,
+    )
     report = rehearse(options, console)
     table = RichTable("criterion", "result", "figure", title="Success criteria")
     for criterion in report.criteria:

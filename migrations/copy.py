@@ -10,6 +10,7 @@ this process in fixed-size blocks, so memory stays flat whatever the table size.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -76,7 +77,14 @@ class LogObserver:
 
 
 def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: CopyObserver) -> list[TableCopy]:
-    """Copy ``tables`` on ``jobs`` connections that share one exported source snapshot."""
+    """Copy ``tables`` on ``jobs`` connections that share one exported source snapshot.
+
+    Each worker keeps one source connection (the snapshot imported once, in
+    one read-only transaction) and one target connection (one transaction per
+    table) and takes the next table, largest first, from a shared queue: no
+    connection is opened per table, which matters for schemas of many small
+    tables and for servers reached over TLS.
+    """
     if not tables:
         return []
     with endpoints.connect_source() as coordinator:
@@ -85,10 +93,50 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
         coordinator.read_only = True
         snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
-        return run_all(jobs, [lambda t=t: _copy_table(endpoints, snapshot, t, observer) for t in largest_first])
+        queue = list(reversed(largest_first))
+        results: dict[str, TableCopy] = {}
+        lock, failed = threading.Lock(), threading.Event()
+
+        def worker() -> None:
+            connections: tuple[psycopg.Connection, psycopg.Connection] | None = None
+            try:
+                while not failed.is_set():
+                    with lock:
+                        if not queue:
+                            return
+                        table = queue.pop()
+                    try:
+                        if connections is None:
+                            connections = _open(endpoints, snapshot)
+                        results[table.name] = _copy_table(endpoints, *connections, table, observer)
+                    except BaseException:
+                        failed.set()
+                        raise
+            finally:
+                for conn in connections or ():
+                    conn.close()
+
+        run_all(jobs, [worker for _ in largest_first])
+    return [results[t.name] for t in largest_first]
 
 
-def _copy_table(endpoints: Endpoints, snapshot: str, table: Table, observer: CopyObserver) -> TableCopy:
+def _open(endpoints: Endpoints, snapshot: str) -> tuple[psycopg.Connection, psycopg.Connection]:
+    """A source connection inside ``snapshot`` and a target connection."""
+    source = endpoints.connect_source()
+    try:
+        source.isolation_level = IsolationLevel.REPEATABLE_READ
+        source.read_only = True
+        source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        target = endpoints.connect_target()
+    except BaseException:
+        source.close()
+        raise
+    return source, target
+
+
+def _copy_table(
+    endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Connection, table: Table, observer: CopyObserver
+) -> TableCopy:
     columns = sql.SQL(", ").join(map(sql.Identifier, table.copied_columns))
     format_ = sql.SQL("binary" if table.binary_copy else "text")
     source_table = sql.Identifier(endpoints.source_schema, table.name)
@@ -99,10 +147,7 @@ def _copy_table(endpoints: Endpoints, snapshot: str, table: Table, observer: Cop
 
     observer.started(table)
     started = time.monotonic()
-    with endpoints.connect_source() as source, endpoints.connect_target() as target:
-        source.isolation_level = IsolationLevel.REPEATABLE_READ
-        source.read_only = True
-        source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    try:
         with target.cursor() as cur, source.cursor() as out_cur:
             cur.execute("SET LOCAL synchronous_commit = off")
             cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
@@ -126,6 +171,10 @@ def _copy_table(endpoints: Endpoints, snapshot: str, table: Table, observer: Cop
             result = TableCopy(table.name, cur.rowcount, bytes_, time.monotonic() - started)
             state.record_copy(cur, endpoints.target_schema, table.name, result.rows, result.bytes, result.seconds)
         target.commit()
+    except BaseException:
+        if not target.closed:
+            target.rollback()
+        raise
     observer.finished(table, result)
     return result
 

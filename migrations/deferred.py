@@ -4,11 +4,20 @@ Loading into bare tables and building each index once afterwards is much faster
 than maintaining the indexes row by row, and dropping the foreign keys lets the
 tables load in any order and in parallel. Each object's restoring statement is
 stored (see ``state``) in the same transaction that drops it.
+
+The rebuild is ordered for parallelism: every index build of every table
+(the unique indexes behind primary keys and unique constraints included) is
+one task, largest table first, so the indexes of one large table build side by
+side instead of one after the other. A key's index is built with ``CREATE
+UNIQUE INDEX``, which lets other builds on the same table run at the same
+time, and attached afterwards with ``ADD CONSTRAINT ... USING INDEX``, which
+takes a moment; an ``ALTER TABLE ... ADD PRIMARY KEY`` would lock the table for
+the whole build. Foreign keys come last, once every key they reference exists.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import threading
 from collections.abc import Callable
 
 import psycopg
@@ -21,10 +30,12 @@ from .state import DeferredObject
 _CONSTRAINTS = """
 SELECT c.relname, con.conname,
        CASE con.contype WHEN 'f' THEN 'foreign key' ELSE 'key' END,
-       pg_get_constraintdef(con.oid)
+       pg_get_constraintdef(con.oid),
+       con.contype, c.relkind, i.relname, pg_get_indexdef(con.conindid), con.condeferrable, con.condeferred
 FROM pg_constraint con
 JOIN pg_class c ON c.oid = con.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class i ON i.oid = con.conindid
 WHERE n.nspname = %s AND con.contype IN ('p', 'u', 'x', 'f') AND con.conislocal AND NOT c.relispartition
 """
 
@@ -38,19 +49,24 @@ WHERE n.nspname = %s AND NOT c.relispartition AND NOT i.relispartition
   AND NOT EXISTS (SELECT FROM pg_constraint con WHERE con.conindid = x.indexrelid AND con.contype IN ('p', 'u', 'x'))
 """
 
+_TABLE_SIZES = """
+SELECT c.relname, pg_relation_size(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p')
+"""
+
+# A key stored as two statements: build its unique index, then attach it.
+_THEN_ATTACH = ";\n-- then attach the index built above:\n"
+
+MAINTENANCE_WORK_MEM = "256MB"
+
 
 def set_aside(cur: psycopg.Cursor, schema: str) -> list[DeferredObject]:
     """Record and drop every index and constraint of ``schema``'s tables."""
     cur.execute(_CONSTRAINTS, (schema,))
     constraints = [
-        DeferredObject(
-            table,
-            name,
-            kind,
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(sql.Identifier(schema, table), sql.Identifier(name)).as_string(cur)
-            + definition,
-        )
-        for table, name, kind, definition in cur.fetchall()
+        DeferredObject(table, name, kind, _restoring(cur, schema, table, name, definition, rest))
+        for table, name, kind, definition, *rest in cur.fetchall()
     ]
     cur.execute(_INDEXES, (schema,))
     indexes = [DeferredObject(table, name, "index", definition) for table, name, definition in cur.fetchall()]
@@ -65,15 +81,38 @@ def set_aside(cur: psycopg.Cursor, schema: str) -> list[DeferredObject]:
     return constraints + indexes
 
 
+def _restoring(cur: psycopg.Cursor, schema: str, table: str, name: str, definition: str, rest: list) -> str:
+    """The statement(s) that restore a constraint: for a key of a plain table, build then attach."""
+    contype, relkind, index_name, index_definition, deferrable, deferred = rest
+    add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(sql.Identifier(schema, table), sql.Identifier(name))
+    if (
+        contype not in ("p", "u")
+        or relkind != "r"  # USING INDEX is refused on partitioned tables
+        or index_name != name
+        or "USING INDEX TABLESPACE" in definition  # pg_get_indexdef() does not say where
+    ):
+        return add.as_string(cur) + definition
+    attach = sql.SQL("{} USING INDEX {}{}").format(
+        sql.SQL("PRIMARY KEY" if contype == "p" else "UNIQUE"),
+        sql.Identifier(name),
+        sql.SQL(" DEFERRABLE INITIALLY DEFERRED" if deferred else " DEFERRABLE" if deferrable else ""),
+    )
+    return index_definition + _THEN_ATTACH + add.as_string(cur) + attach.as_string(cur)
+
+
+def _index_exists(cur: psycopg.Cursor, schema: str, name: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, name).as_string(cur),))
+    return cur.fetchone()[0]
+
+
 def _exists(cur: psycopg.Cursor, schema: str, obj: DeferredObject) -> bool:
     if obj.kind == "index":
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, obj.name).as_string(cur),))
-    else:
-        cur.execute(
-            "SELECT EXISTS (SELECT FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND con.conname = %s)",
-            (schema, obj.table, obj.name),
-        )
+        return _index_exists(cur, schema, obj.name)
+    cur.execute(
+        "SELECT EXISTS (SELECT FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND con.conname = %s)",
+        (schema, obj.table, obj.name),
+    )
     return cur.fetchone()[0]
 
 
@@ -82,26 +121,82 @@ def restore(
     target_schema: str,
     run_in_parallel: Callable[[list[Callable[[], None]]], None],
 ) -> int:
-    """Rebuild every object still set aside: tables in parallel, foreign keys last."""
+    """Rebuild every object still set aside: all index builds in parallel, largest table first; foreign keys last."""
     with connect_target() as conn, conn.cursor() as cur:
         pending = state.pending_objects(cur, target_schema)
-    by_table: dict[str, list[DeferredObject]] = defaultdict(list)
-    for obj in pending:
-        if obj.kind != "foreign key":
-            by_table[obj.table].append(obj)
+        cur.execute(_TABLE_SIZES, (target_schema,))
+        sizes = dict(cur.fetchall())
+    if not pending:
+        return 0
+    two_phase = [obj for obj in pending if obj.kind == "key" and _THEN_ATTACH in obj.definition]
+    one_phase_keys = [obj for obj in pending if obj.kind == "key" and _THEN_ATTACH not in obj.definition]
+    indexes = [obj for obj in pending if obj.kind == "index"]
     foreign_keys = [obj for obj in pending if obj.kind == "foreign key"]
 
-    def rebuild(objects: list[DeferredObject]) -> None:
-        with connect_target() as conn:
-            conn.execute("SET maintenance_work_mem = '256MB'")
-            for obj in sorted(objects, key=lambda o: o.kind != "key"):
-                with conn.transaction(), conn.cursor() as cur:
-                    # Re-running the init SQL on a resumed run may have rebuilt it already.
-                    if not _exists(cur, target_schema, obj):
-                        cur.execute(obj.definition)
-                    state.mark_restored(cur, target_schema, obj)
+    def build(obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
+        """A key's unique index (left unattached) or a plain index (done)."""
+        def run(cur: psycopg.Cursor) -> None:
+            if obj.kind == "index":
+                _restore(cur, target_schema, obj, obj.definition)
+            elif not _exists(cur, target_schema, obj) and not _index_exists(cur, target_schema, obj.name):
+                cur.execute(obj.definition.split(_THEN_ATTACH)[0])
+        return run
 
-    run_in_parallel([lambda objects=objects: rebuild(objects) for objects in by_table.values()])
-    if foreign_keys:
-        rebuild(foreign_keys)
+    def attach(obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
+        return lambda cur: _restore(cur, target_schema, obj, obj.definition.split(_THEN_ATTACH)[-1])
+
+    largest_first = sorted(two_phase + indexes, key=lambda o: (-sizes.get(o.table, 0), o.kind != "key", o.name))
+    _run_queue(connect_target, run_in_parallel, [build(obj) for obj in largest_first])
+
+    # Attaching takes a moment; keys that still build under ALTER TABLE (exclusion
+    # constraints, partitioned tables) wait for each other on their table's lock.
+    keys = sorted(two_phase + one_phase_keys, key=lambda o: (-sizes.get(o.table, 0), o.name))
+    _run_queue(connect_target, run_in_parallel, [attach(obj) for obj in keys])
+    _run_queue(connect_target, lambda tasks: [task() for task in tasks], [attach(obj) for obj in foreign_keys])
     return len(pending)
+
+
+def _restore(cur: psycopg.Cursor, schema: str, obj: DeferredObject, statement: str) -> None:
+    # Re-running the init SQL on a resumed run may have rebuilt it already.
+    if not _exists(cur, schema, obj):
+        cur.execute(statement)
+    state.mark_restored(cur, schema, obj)
+
+
+def _run_queue(
+    connect_target: Callable[[], psycopg.Connection],
+    run_in_parallel: Callable[[list[Callable[[], None]]], object],
+    steps: list[Callable[[psycopg.Cursor], None]],
+) -> None:
+    """Run ``steps`` (each in its own transaction) on as many connections as ``run_in_parallel`` allows.
+
+    Each worker keeps one connection and takes the next step from a shared
+    queue, so steps start in the order given and no connection is opened per
+    step.
+    """
+    queue = list(reversed(steps))
+    lock, failed = threading.Lock(), threading.Event()
+
+    def worker() -> None:
+        conn = None
+        try:
+            while not failed.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    step = queue.pop()
+                if conn is None:
+                    conn = connect_target()
+                    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
+                    conn.commit()
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        step(cur)
+                except BaseException:
+                    failed.set()
+                    raise
+        finally:
+            if conn is not None:
+                conn.close()
+
+    run_in_parallel([worker for _ in steps])

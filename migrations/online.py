@@ -76,6 +76,8 @@ def sync(
                 raise MigrationError("online sync refused: " + "; ".join(f"{r.kind} {r.name} needs {r.depends_on}" for r in refs.refused))
             _require_replica_identity(source, endpoints)
             run = engine.prepare_target(target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE)
+            # Creating the slot waits for every open transaction on the source, this one's included.
+            source.commit()
             if run.cut_over:
                 return status(endpoints)
             _publish(source, endpoints, sorted(catalog.tables))

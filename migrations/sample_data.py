@@ -36,7 +36,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-__all__ = ["SCHEMAS", "INIT_SCRIPTS", "Sizes", "create_shared_source", "fill_shared_source"]
+__all__ = ["SCHEMAS", "INIT_SCRIPTS", "Sizes", "create_shared_source", "fill_shared_source", "grant_service_role"]
 
 #: Today's schemas, one per service, in the order of :data:`INIT_SCRIPTS`.
 SCHEMAS: tuple[str, ...] = ("public", "onboarding", "recruitment", "campaign_management")
@@ -1070,3 +1070,14 @@ def _table_identifier(table: str) -> sql.Identifier:
     """``"schema.table"`` as a qualified identifier."""
     schema, name = table.split(".", 1)
     return sql.Identifier(schema, name)
+
+
+def grant_service_role(conn: psycopg.Connection, schema: str, user: str) -> None:
+    """What a service's role may do in its schema on today's shared instance: read and write it."""
+    names = {"schema": sql.Identifier(schema), "user": sql.Identifier(user)}
+    for statement in (
+        "GRANT USAGE ON SCHEMA {schema} TO {user}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {user}",
+        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {user}",
+    ):
+        conn.execute(sql.SQL(statement).format(**names))

@@ -22,15 +22,18 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 
-from .. import engine
+from .. import engine, online
 from ..connection import Endpoints, connect
 from ..errors import MigrationError
 from ..localserver import LocalServer, free_port
-from ..sample_data import create_shared_source, fill_shared_source
+from ..state import OFFLINE, ONLINE
+from ..verify import Checksum
+from ..sample_data import create_shared_source, fill_shared_source, grant_service_role
 from . import criteria
 from .criteria import Criterion, ServiceRun
 from .progress import make_progress, observer_for
 from .services import ServiceSpec, services_from_stack
+from .writer import LiveWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,16 @@ class Options:
     workdir: Path | None = None
     stack_file: Path = PROJECT_ROOT / "Pulumi.dev.yaml"
     sql_dir: Path = PROJECT_ROOT / "sql"
+    mode: str = OFFLINE  # online: replicate while a writer keeps writing, then cut over
 
 
 @dataclass
 class RehearsalReport:
     scale: int
     seed: int
+    mode: str = OFFLINE
     servers: dict[str, str] = field(default_factory=dict)  # name -> URL without password
+    freeze_windows: dict[str, float] = field(default_factory=dict)  # service -> seconds writes were refused (online)
     rows_generated: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     criteria: list[Criterion] = field(default_factory=list)
@@ -75,7 +81,7 @@ Tamper = Callable[[list[ServiceRun]], None]
 
 def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -> RehearsalReport:
     services = services_from_stack(options.stack_file, options.sql_dir)
-    report = RehearsalReport(options.scale, options.seed)
+    report = RehearsalReport(options.scale, options.seed, options.mode)
     root = Path(options.workdir or tempfile.mkdtemp(prefix="hexabuilders-rehearsal-"))
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as servers:
@@ -102,22 +108,17 @@ def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -
         runs = [_prepare_service(spec, source, targets[spec.name]) for spec in services]
 
         started = time.monotonic()
-        console.print("Migrating: init, freeze, copy, verify")
-        progress = make_progress(console) if console.is_terminal else None
-        with progress or ExitStack():
-            for run in runs:
-                try:
-                    engine.migrate(
-                        run.endpoints,
-                        init_sql=run.spec.init_file.read_text(encoding="utf-8"),
-                        service_user=run.spec.user,
-                        jobs=options.jobs,
-                        observer=observer_for(console, progress, run.spec.name),
-                        dropped_on_purpose=run.spec.dropped_on_purpose,
-                    )
-                except MigrationError as error:
-                    run.error = str(error)
-                    console.print(f"  {run.spec.name}: [red]{error}[/red]")
+        if options.mode == ONLINE:
+            writer = LiveWriter({run.spec.source_schema: run.source_service_conninfo for run in runs})
+            writer.start()
+            try:
+                # The source changes until each freeze: "unchanged" then means since the freeze.
+                before = _migrate_online(runs, options, console, report)
+            finally:
+                writer.stop()
+        else:
+            writer = None
+            _migrate_offline(runs, options, console)
         report.seconds["migrate"] = time.monotonic() - started
 
         if tamper:
@@ -133,10 +134,67 @@ def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -
             criteria.no_id_collisions(runs),
             criteria.planner_statistics(runs),
         ]
+        if writer:
+            report.criteria.append(criteria.no_write_lost(writer, runs, report.freeze_windows))
         report.seconds["checks"] = time.monotonic() - started
         if options.keep:
             servers.pop_all()  # leave them running
     return report
+
+
+def _migrate_offline(runs: list[ServiceRun], options: Options, console: Console) -> None:
+    console.print("Migrating: init, freeze, copy, verify")
+    progress = make_progress(console) if console.is_terminal else None
+    with progress or ExitStack():
+        for run in runs:
+            try:
+                engine.migrate(
+                    run.endpoints,
+                    init_sql=run.spec.init_file.read_text(encoding="utf-8"),
+                    service_user=run.spec.user,
+                    jobs=options.jobs,
+                    observer=observer_for(console, progress, run.spec.name),
+                    dropped_on_purpose=run.spec.dropped_on_purpose,
+                )
+            except MigrationError as error:
+                run.error = str(error)
+                console.print(f"  {run.spec.name}: [red]{error}[/red]")
+
+
+def _migrate_online(
+    runs: list[ServiceRun], options: Options, console: Console, report: RehearsalReport
+) -> dict[str, Checksum]:
+    """Every service streams while the writer writes; then each is cut over in turn.
+
+    Returns the source checksums taken inside each freeze window.
+    """
+    at_freeze: dict[str, Checksum] = {}
+    console.print("Replicating into the new databases while the services keep writing")
+    for run in runs:
+        try:
+            online.sync(
+                run.endpoints,
+                init_sql=run.spec.init_file.read_text(encoding="utf-8"),
+                service_user=run.spec.user,
+                dropped_on_purpose=run.spec.dropped_on_purpose,
+            )
+        except MigrationError as error:
+            run.error = str(error)
+            console.print(f"  {run.spec.name}: [red]{error}[/red]")
+    for run in runs:
+        if run.error:
+            continue
+        try:
+            online.wait_until_streaming(run.endpoints, timeout=600)
+            result = online.cutover(run.endpoints, jobs=options.jobs)
+        except MigrationError as error:
+            run.error = str(error)
+            console.print(f"  {run.spec.name}: [red]{error}[/red]")
+            continue
+        report.freeze_windows[run.spec.name] = result.freeze_window_seconds
+        at_freeze |= {f"{run.spec.source_schema}.{t.table}": Checksum(t.rows, t.checksum) for t in result.tables}
+        console.print(f"  {run.spec.name}: cut over, writes frozen for {result.freeze_window_seconds:.2f} s")
+    return at_freeze
 
 
 def _start(servers: ExitStack, options: Options, root: Path, name: str, *, port: int | None, ssl: bool) -> LocalServer:
@@ -157,9 +215,7 @@ def _fill_source(source: LocalServer, services: list[ServiceSpec], options: Opti
         conn.execute("ANALYZE")
         for spec in services:
             _create_role(conn, source, spec.user)
-            schema, user = sql.Identifier(spec.source_schema), sql.Identifier(spec.user)
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, user))
-            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(schema, user))
+            grant_service_role(conn, spec.source_schema, spec.user)
     return sum(rows.values())
 
 

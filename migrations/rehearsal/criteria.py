@@ -16,6 +16,7 @@ from ..sequences import highest_drawn
 from ..verify import Checksum, checksum
 from . import profile360
 from .services import ServiceSpec
+from .writer import LiveWriter
 
 
 @dataclass(frozen=True)
@@ -230,3 +231,19 @@ def planner_statistics(runs: list[ServiceRun]) -> Criterion:
                     missing.append(f"{run.endpoints.target_schema}.{table}")
     figure = "not analyzed: " + ", ".join(missing) if missing else f"{analyzed} of {analyzed} copied tables analyzed"
     return Criterion("every copied table has planner statistics", analyzed > 0 and not missing, figure)
+
+
+def no_write_lost(writer: LiveWriter, runs: list[ServiceRun], freeze_windows: dict[str, float]) -> Criterion:
+    """Online mode: every write the shared instance acknowledged is in the new databases."""
+    targets = {run.spec.source_schema: run.endpoints.target for run in runs if not run.error}
+    if missing_schemas := [w.schema for w in writer.tallies if w.schema not in targets]:
+        return Criterion("not one acknowledged write lost", False, "no database for " + ", ".join(missing_schemas))
+    lost = writer.lost(targets)
+    windows = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in freeze_windows.items())
+    figure = (
+        f"{writer.acknowledged:,} writes acknowledged during the migration, {lost} lost;"
+        f" {writer.refused:,} refused while frozen ({windows})"
+    )
+    if writer.errors:
+        figure += f"; writer errors: {writer.errors[0]}"
+    return Criterion("not one acknowledged write lost", lost == 0 and not writer.errors and writer.acknowledged > 0, figure)

@@ -57,10 +57,33 @@ def test_a_row_changed_in_one_target_fails_the_rehearsal(monkeypatch, capsys, tm
 def test_the_rehearsal_names_its_servers_without_passwords_and_stops_them(tmp_path):
     report = rehearse(Options(scale=50, workdir=tmp_path), Console(file=io.StringIO()))
 
-    assert report.passed
+    assert report.passed, [c for c in report.criteria if not c.passed]
     assert set(report.servers) == {"shared instance", "partner-management", "onboarding", "recruitment", "campaign-management"}
     for url in report.servers.values():
         parts = urlsplit(url)
         assert parts.hostname == "127.0.0.1" and parts.password is None
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(host=parts.hostname, port=parts.port, dbname="postgres", connect_timeout=2)
+
+
+def test_the_online_rehearsal_loses_no_acknowledged_write(tmp_path):
+    report = rehearse(Options(scale=150, mode="online", workdir=tmp_path), Console(file=io.StringIO()))
+
+    assert report.passed, [c for c in report.criteria if not c.passed]
+    lost = next(c for c in report.criteria if c.name == "not one acknowledged write lost")
+    assert ", 0 lost;" in lost.figure
+    assert set(report.freeze_windows) == {"partner-management", "onboarding", "recruitment", "campaign-management"}
+
+
+def _lose_live_writes(runs):
+    onboarding = next(run for run in runs if run.spec.source_schema == "onboarding")
+    with psycopg.connect(onboarding.endpoints.target) as conn:
+        conn.execute("DELETE FROM onboarding.process_events WHERE event_type = 'live write'")
+
+
+def test_a_lost_write_fails_the_online_rehearsal(tmp_path):
+    report = rehearse(Options(scale=100, mode="online", workdir=tmp_path), Console(file=io.StringIO()), tamper=_lose_live_writes)
+
+    lost = next(c for c in report.criteria if c.name == "not one acknowledged write lost")
+    assert not lost.passed and ", 0 lost;" not in lost.figure
+    assert not report.passed

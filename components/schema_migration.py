@@ -1,9 +1,18 @@
 """SchemaMigration: one service's data moved into its new database, as a Pulumi resource.
 
 A thin adapter between Pulumi's create/diff/update/delete and the engine in
-``migrations/``. Create runs the whole migration (init, freeze, copy, verify);
-an update applies a changed init SQL and grants but never copies over data the
-service may already be writing; delete leaves every row where it is.
+``migrations/``. Create and update bring the target where the inputs ask:
+
+- ``cutover`` true: offline, the whole migration (init, freeze, copy, verify);
+  online, replicate, then freeze, catch up, verify;
+- ``cutover`` false: offline, a plan that refuses early and writes nothing;
+  online, the replication runs while the service keeps the shared instance;
+- ``cutover`` back to false after a cutover: rollback (the freeze is lifted;
+  writes made to the new database since are not carried back, the ``warning``
+  output says so).
+
+Once cut over, an update applies a changed init SQL and grants but never
+copies over data the service may be writing. Delete leaves every row where it is.
 
 The provider runs in a separate process (``python -m pulumi.dynamic``) after
 being serialized with dill, so it keeps no state and imports the engine only
@@ -22,8 +31,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 # Inputs that name the data: changing one means a different copy, so a new resource.
 _IDENTITY = ("source_schema", "target_schema")
-# What create measured; an update keeps it.
-_COPY_OUTPUTS = ("tables", "references", "copy_seconds", "verify_seconds", "duration_seconds")
+# What the copy measured; later updates keep it.
+_COPY_OUTPUTS = ("tables", "references", "copy_seconds", "verify_seconds", "duration_seconds", "freeze_window_seconds", "replication")
 
 
 @dataclass
@@ -44,6 +53,10 @@ class SchemaMigrationArgs:
     """Parallel connections for the copy and the verification."""
     dropped_on_purpose: pulumi.Input[list[str]] = field(default_factory=list)
     """Views, functions and triggers that need another service's data and are knowingly not carried."""
+    mode: pulumi.Input[str] = "offline"
+    """``offline``: freeze, then copy. ``online``: replicate while the service writes; freeze only to cut over."""
+    cutover: pulumi.Input[bool] = True
+    """The service uses the new database. Set back to false after a cutover to roll back."""
 
 
 def _init_hash(init_sql: str) -> str:
@@ -66,6 +79,8 @@ class SchemaMigrationProvider(ResourceProvider):
             for key in ("source_url", "source_schema", "target_url", "target_schema", "service_user", "init_sql")
             if not isinstance(news.get(key), str) or not news[key]
         ]
+        if news.get("mode", "offline") not in ("offline", "online"):
+            failures.append(CheckFailure("mode", "mode must be offline or online"))
         jobs = news.get("jobs", 2)
         if not isinstance(jobs, (int, float)) or int(jobs) != jobs or jobs < 1:
             failures.append(CheckFailure("jobs", "jobs must be a whole number of at least 1"))
@@ -84,42 +99,17 @@ class SchemaMigrationProvider(ResourceProvider):
             changes.append("service_user")
         if sorted(news.get("dropped_on_purpose") or ()) != olds.get("dropped_on_purpose", []):
             changes.append("dropped_on_purpose")
+        if bool(news.get("cutover", True)) != bool(olds.get("cut_over")):
+            changes.append("cutover")
+        if news.get("mode", "offline") != olds.get("mode", "offline"):
+            changes.append("mode")
         return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        from migrations import engine
-        from migrations.errors import MigrationError
-
-        endpoints = _endpoints(props)
-        try:
-            report = engine.migrate(
-                endpoints,
-                init_sql=props["init_sql"],
-                service_user=props["service_user"],
-                jobs=int(props.get("jobs", 2)),
-                dropped_on_purpose=frozenset(props.get("dropped_on_purpose") or ()),
-            )
-        except MigrationError as error:
-            raise MigrationFailed(str(error)) from None
-        outs = _outputs(props) | {
-            "tables": {t.table: {"rows": t.rows, "checksum": t.checksum} for t in report.tables},
-            "references": report.references,
-            "copy_seconds": round(report.copy_seconds, 3),
-            "verify_seconds": round(report.verify_seconds, 3),
-            "duration_seconds": round(report.duration_seconds, 3),
-        }
-        return CreateResult(id_=endpoints.target_identity, outs=outs)
+        return CreateResult(id_=_endpoints(props).target_identity, outs=_converge(props, {}))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        from migrations import engine
-        from migrations.errors import MigrationError
-
-        try:
-            engine.evolve(_endpoints(news), init_sql=news["init_sql"], service_user=news["service_user"])
-        except MigrationError as error:
-            raise MigrationFailed(str(error)) from None
-        kept = {key: olds[key] for key in _COPY_OUTPUTS if key in olds}
-        return UpdateResult(outs=_outputs(news) | kept)
+        return UpdateResult(outs=_converge(news, olds))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         # Deleting the resource must never delete data: both copies stay as they are.
@@ -134,6 +124,64 @@ class MigrationFailed(Exception):
     """Carries the engine's one-line message out of the provider."""
 
 
+def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
+    """Bring the target where ``props`` ask (cut over or not) from where ``olds`` left it; the new outputs.
+
+    Never copies over data the service may already be writing: once cut over,
+    a changed init SQL is applied as it is, and nothing is copied again.
+    """
+    from migrations import engine, online
+    from migrations.errors import MigrationError
+
+    endpoints = _endpoints(props)
+    was_cut_over, cut_over = bool(olds.get("cut_over")), bool(props.get("cutover", True))
+    outs = _outputs(props) | {key: olds[key] for key in _COPY_OUTPUTS if key in olds} | {"cut_over": cut_over, "warning": None}
+    options = {
+        "init_sql": props["init_sql"],
+        "service_user": props["service_user"],
+        "dropped_on_purpose": frozenset(props.get("dropped_on_purpose") or ()),
+    }
+    try:
+        if cut_over and not was_cut_over:
+            outs |= _copy_outputs(_cut_over(endpoints, props.get("mode", "offline"), int(props.get("jobs", 2)), options))
+        elif cut_over:
+            if _init_hash(props["init_sql"]) != olds.get("init_sql_sha256") or props["service_user"] != olds.get("service_user"):
+                engine.evolve(endpoints, init_sql=options["init_sql"], service_user=options["service_user"])
+        elif was_cut_over:
+            outs["warning"] = online.rollback(endpoints)
+        elif props.get("mode") == "online":
+            outs["replication"] = online.sync(endpoints, **options).tables
+        else:
+            plan = engine.plan(endpoints, options["init_sql"], options["dropped_on_purpose"])
+            if refusals := plan.differences + [f"{r.kind} {r.name} needs {r.depends_on}" for r in plan.references.refused]:
+                raise MigrationError("the migration would be refused: " + "; ".join(refusals))
+    except MigrationError as error:
+        raise MigrationFailed(str(error)) from None
+    return outs
+
+
+def _cut_over(endpoints, mode: str, jobs: int, options: dict[str, Any]):
+    from migrations import engine, online
+
+    if mode != "online":
+        return engine.migrate(endpoints, jobs=jobs, **options)
+    online.sync(endpoints, **options)
+    online.wait_until_streaming(endpoints, timeout=24 * 3600)
+    return online.cutover(endpoints, jobs=jobs)
+
+
+def _copy_outputs(report) -> dict[str, Any]:
+    return {
+        "tables": {t.table: {"rows": t.rows, "checksum": t.checksum} for t in report.tables},
+        "references": report.references,
+        "copy_seconds": round(report.copy_seconds, 3),
+        "verify_seconds": round(report.verify_seconds, 3),
+        "duration_seconds": round(report.duration_seconds, 3),
+        "freeze_window_seconds": report.freeze_window_seconds,
+        "replication": None,
+    }
+
+
 def _outputs(props: dict[str, Any]) -> dict[str, Any]:
     """What the state keeps: identities and hashes, never a URL or password."""
     endpoints = _endpoints(props)
@@ -143,6 +191,7 @@ def _outputs(props: dict[str, Any]) -> dict[str, Any]:
         "source_schema": props["source_schema"],
         "target_schema": props["target_schema"],
         "service_user": props["service_user"],
+        "mode": props.get("mode", "offline"),
         "dropped_on_purpose": sorted(props.get("dropped_on_purpose") or ()),
         "init_sql_sha256": _init_hash(props["init_sql"]),
     }
@@ -160,6 +209,14 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
     """Per table: ``rows`` and ``checksum``, identical on both sides when created."""
     references: pulumi.Output[list]
     """References across service boundaries, each with what the migration did about it."""
+    cut_over: pulumi.Output[bool]
+    """Whether the service now uses the new database (the DeploymentPatch follows it)."""
+    warning: pulumi.Output[str | None]
+    """Set by a rollback: what it did, and what it did not carry back."""
+    freeze_window_seconds: pulumi.Output[float | None]
+    """Online cutover: how long the service's writes were refused."""
+    replication: pulumi.Output[dict | None]
+    """Online, before cutover: each table's replication state."""
     copy_seconds: pulumi.Output[float]
     verify_seconds: pulumi.Output[float]
     duration_seconds: pulumi.Output[float]
@@ -174,6 +231,8 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
             "init_sql": args.init_sql,
             "jobs": args.jobs,
             "dropped_on_purpose": args.dropped_on_purpose,
-            **{key: None for key in ("source", "target", "init_sql_sha256", *_COPY_OUTPUTS)},
+            "mode": args.mode,
+            "cutover": args.cutover,
+            **{key: None for key in ("source", "target", "init_sql_sha256", "cut_over", "warning", *_COPY_OUTPUTS)},
         }
         super().__init__(SchemaMigrationProvider(), name, props, opts)

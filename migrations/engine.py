@@ -136,6 +136,8 @@ def migrate(
         report.duration_seconds = time.monotonic() - started
         with lock_holder.transaction(), lock_holder.cursor() as cur:
             state.record_verification(cur, endpoints.target_schema, report.to_dict())
+            if report.verified:
+                state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
     if not report.verified:
         raise VerificationFailed(report.mismatched + [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced])
     log.info("verified %s: %d tables identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity)
@@ -233,6 +235,10 @@ def prepare_target(
         if run and run.source != endpoints.source_identity:
             raise MigrationError(
                 f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
+            )
+        if run and run.rolled_back:
+            raise MigrationError(
+                f"{endpoints.target_identity} took the service's writes until a rollback; migrate into a fresh database"
             )
         if run and run.mode != mode:
             raise MigrationError(f"target {endpoints.target_identity} is being migrated {run.mode}, not {mode}")

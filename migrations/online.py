@@ -153,7 +153,7 @@ def cutover(endpoints: Endpoints, *, jobs: int = 2, timeout: float = 600.0) -> e
             stop_replication(endpoints)
             engine.analyze(endpoints, list(catalog.tables), jobs)
             with target.transaction(), target.cursor() as cur:
-                state.record_cutover(cur, endpoints.target_schema, True)
+                state.record_cutover(cur, endpoints.target_schema)
                 state.record_verification(cur, endpoints.target_schema, report.to_dict())
     return report
 
@@ -167,10 +167,8 @@ def rollback(endpoints: Endpoints) -> str:
             unfreeze(source, endpoints.source_schema)
         with lock_holder.transaction(), lock_holder.cursor() as cur:
             state.ensure(cur)
-            cur.execute("SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s", (endpoints.target_schema,))
-            row = cur.fetchone()
-            state.record_cutover(cur, endpoints.target_schema, False)
-    if row and row[0]:
+            was_cut_over = state.record_rollback(cur, endpoints.target_schema)
+    if was_cut_over:
         message = (
             f"rolled back: the service writes to {endpoints.source_identity} again; writes made to"
             f" {endpoints.target_identity} since cutover are NOT carried back"

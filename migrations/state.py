@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS schema_migration.run (
   source        text NOT NULL,         -- host:port/dbname/schema, never a password
   started_at    timestamptz NOT NULL DEFAULT now(),
   mode          text NOT NULL DEFAULT 'offline' CHECK (mode IN ('offline', 'online')),
-  cutover_at    timestamptz,           -- online: the service may write here from then on
+  cutover_at    timestamptz,           -- the service may write here from then on
+  rolled_back_at timestamptz,          -- the service went back to the shared instance
   deferred      boolean NOT NULL DEFAULT false,  -- indexes and constraints set aside for the load
   finished_at   timestamptz,           -- every table copied, objects restored, sequences set
   verified_at   timestamptz,
@@ -72,6 +73,7 @@ class Run:
     source: str
     mode: str
     cut_over: bool
+    rolled_back: bool
     deferred: bool
     finished: bool
 
@@ -108,7 +110,7 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
 
 def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
     cur.execute(
-        "SELECT source, mode, cutover_at IS NOT NULL, deferred, finished_at IS NOT NULL"
+        "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL"
         " FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
         (target_schema,),
     )
@@ -123,11 +125,23 @@ def start_run(cur: psycopg.Cursor, target_schema: str, source: str, mode: str = 
     )
 
 
-def record_cutover(cur: psycopg.Cursor, target_schema: str, cut_over: bool) -> None:
+def record_cutover(cur: psycopg.Cursor, target_schema: str) -> None:
+    cur.execute("UPDATE schema_migration.run SET cutover_at = now() WHERE target_schema = %s", (target_schema,))
+
+
+def record_rollback(cur: psycopg.Cursor, target_schema: str) -> bool:
+    """The service went back to the shared instance; return whether it had been cut over."""
     cur.execute(
-        "UPDATE schema_migration.run SET cutover_at = CASE WHEN %s THEN now() END WHERE target_schema = %s",
-        (cut_over, target_schema),
+        "SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE", (target_schema,)
     )
+    row = cur.fetchone()
+    if not (row and row[0]):
+        return False
+    cur.execute(
+        "UPDATE schema_migration.run SET rolled_back_at = now(), cutover_at = NULL WHERE target_schema = %s",
+        (target_schema,),
+    )
+    return True
 
 
 def record_references(cur: psycopg.Cursor, target_schema: str, references: list[dict[str, Any]]) -> None:

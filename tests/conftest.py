@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from migrations.localserver import LocalServer
-from migrations.sample_data import create_shared_source, fill_shared_source
+from migrations.sample_data import create_shared_source, fill_shared_source, grant_service_role
 from tests.support import ROOT, SERVICE_PASSWORD, SERVICES, Service, create_database, drop_database
 
 NewDatabase = Callable[..., str]
@@ -95,9 +95,7 @@ def shared_template(source_server: LocalServer, service_roles: None) -> Iterator
         create_shared_source(conn, ROOT / "sql")
         fill_shared_source(conn, scale=200, seed=7)
         for service in SERVICES:
-            schema, user = sql.Identifier(service.schema), sql.Identifier(service.user)
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, user))
-            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(schema, user))
+            grant_service_role(conn, service.schema, service.user)
     yield name
     drop_database(source_server, name)
 

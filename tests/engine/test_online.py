@@ -119,3 +119,14 @@ def test_the_freeze_window_stays_flat_as_data_grows(source_server, target_server
         print(f"\nfreeze window: {small:.3f} s at {small_rows:,} rows, {large:.3f} s at {large_rows:,} rows ({large / small:.2f}x)")
     assert large_rows >= 4 * small_rows * 0.95
     assert large < 2 * small
+
+
+def test_a_rolled_back_database_is_not_migrated_into_again(shared_source, service_target):
+    target = service_target(ONBOARDING)
+    endpoints = endpoints_for(ONBOARDING, shared_source, target)
+    online.sync(endpoints, init_sql=ONBOARDING.init_sql)
+    online.cutover(endpoints)
+    online.rollback(endpoints)
+
+    with pytest.raises(MigrationError, match="took the service's writes until a rollback"):
+        online.sync(endpoints, init_sql=ONBOARDING.init_sql)

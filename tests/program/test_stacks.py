@@ -32,6 +32,7 @@ from tests.program.harness import (
     stack_file,
 )
 
+ALERT_POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"  # components/monitoring.py; tested in test_monitoring.py
 CONNECTION_KEYS = ["DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"]
 
 # What each stack must be, whatever its file says in detail.
@@ -67,6 +68,7 @@ def test_resource_counts_per_type(stack: str, graph: Graph) -> None:
             MIGRATION: n,
             SECRET: n,
             PATCH: n,
+            ALERT_POLICY: n,
             K8S_PROVIDER: 1,
         }
     )
@@ -91,6 +93,7 @@ def test_every_child_is_parented_to_its_service_database(graph: Graph) -> None:
                 MIGRATION: 1,
                 SECRET: 1,
                 PATCH: 1,
+                ALERT_POLICY: 1,
             }
         )
         assert all(k.name.startswith(f"{component.name}-") for k in kids)

@@ -102,3 +102,27 @@ def test_check_rejects_missing_inputs(inputs):
     with DynamicProviderHost() as host:
         with pytest.raises(Exception, match="init_sql"):
             host.check(SchemaMigrationProvider(), inputs | {"init_sql": ""})
+
+
+def test_online_sync_then_cutover_then_rollback_through_the_sdk_host(inputs, shared_source):
+    provider = SchemaMigrationProvider()
+    target = _plain(inputs)["target_url"]
+    syncing = inputs | {"mode": "online", "cutover": False}
+    with DynamicProviderHost(resource_type="pulumi-python:dynamic/hexabuilders:SchemaMigration") as host:
+        resource_id, outputs = host.create(provider, host.check(provider, syncing))
+        assert outputs["cut_over"] is False and set(outputs["replication"]) == set(table_rows(shared_source, CAMPAIGNS.schema))
+        with psycopg.connect(shared_source) as conn:
+            assert len(unfrozen_tables(conn, CAMPAIGNS.schema)) == 4  # the service still writes there
+
+        cutting = syncing | {"cutover": True}
+        diff = host.diff(provider, resource_id, outputs, cutting)
+        assert diff.changes is True and diff.replaces == []  # a cutover is an update, never a new copy
+        cut = host.update(provider, resource_id, outputs, cutting)
+        assert cut["cut_over"] is True and cut["freeze_window_seconds"] > 0
+        assert table_rows(target, CAMPAIGNS.schema) == table_rows(shared_source, CAMPAIGNS.schema)
+
+        back = host.update(provider, resource_id, cut, syncing)
+        assert back["cut_over"] is False and "NOT carried back" in back["warning"]
+        with psycopg.connect(shared_source) as conn:
+            assert len(unfrozen_tables(conn, CAMPAIGNS.schema)) == 4
+        assert SECRET not in json.dumps([outputs, cut, back]) + host.stderr_text()

@@ -21,5 +21,17 @@ test: install
 rehearse: install
 	$(PYTHON) -m migrations rehearse $(ARGS)
 
+# The copy benchmark: this engine against pg_dump/pg_restore, pgcopydb and a
+# physical floor (docs/benchmark.md). Installs pgcopydb when root and missing;
+# without it the benchmark says pgcopydb is absent. BENCH_ARGS="--size-mb 200" etc.
+.PHONY: bench
+bench: install
+	@command -v pgcopydb >/dev/null || { \
+	  if [ "$$(id -u)" -eq 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgcopydb) \
+	      || echo "bench: could not install pgcopydb; it will be reported absent" >&2; \
+	  else echo "bench: pgcopydb is not installed (not root, so not installing it); it will be reported absent" >&2; fi; }
+	$(PYTHON) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,6 +7,7 @@ import pulumi
 
 from components import config as stack_config
 from components.cluster import cluster_provider
+from components.monitoring import AlertThresholds
 from components.service_database import ServiceDatabase, ServiceDatabaseArgs
 
 SQL_DIR = Path(__file__).parent / "sql"
@@ -28,6 +29,7 @@ for service in config.services:
             source_database_url=source_database_url,
             init_sql=stack_config.init_script(SQL_DIR, service.database).read_text(),
             migration_jobs=config.migration_jobs,
+            alerts=AlertThresholds.of(config),
         ),
         opts=pulumi.ResourceOptions(providers=[cluster]),
     )

@@ -153,6 +153,13 @@ class ServiceConfig:
     # Where `pulumi up` reaches the new instance, when not at its private IP
     # (e.g. a Cloud SQL Auth Proxy on this machine).
     migration_endpoint: Annotated[str | None, Rule("host:port, e.g. 127.0.0.1:5433", _is_endpoint)] = None
+    # offline: freeze, then copy; online: replicate while the service writes, freeze only to cut over.
+    mode: Annotated[str, one_of("offline", "online")] = "offline"
+    # Whether the service uses its new database; back to false after a cutover rolls back.
+    cutover: bool = True
+    # The Secret (same keys as secretName's) with the shared instance's connection:
+    # where the Deployment points while not cut over. Required when cutover is false.
+    shared_secret_name: Annotated[str | None, DNS_SUBDOMAIN] = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,22 @@ class StackConfig:
     migration_jobs: Annotated[int, between(1, 64)]
     cluster_stack: Annotated[str, pattern(r"([^/\s]+/[^/\s]+/[^/\s]+)?", "<organization>/<project>/<stack>")]
     services: tuple[ServiceConfig, ...]
+    # Alert thresholds of each instance's Cloud Monitoring alert policy (components/monitoring.py).
+    monitoring_cpu_percent: Annotated[int, between(1, 100, " %")]
+    monitoring_memory_percent: Annotated[int, between(1, 100, " %")]
+    monitoring_disk_percent: Annotated[int, between(1, 100, " %")]
+    # Of the connection limit Cloud SQL derives from the tier's memory.
+    monitoring_connections_percent: Annotated[int, between(1, 100, " % of the tier's max_connections")]
+    monitoring_duration_seconds: Annotated[
+        int, Rule("0..86400 seconds, a multiple of 60", lambda value: 0 <= value <= 86400 and value % 60 == 0)
+    ]
+    monitoring_notification_channels: tuple[
+        Annotated[
+            str,
+            pattern(r"projects/[^/]+/notificationChannels/[^/]+", "projects/<project>/notificationChannels/<id>"),
+        ],
+        ...,
+    ]
     kubernetes: KubernetesAccess | None = None
 
 
@@ -229,6 +252,12 @@ def _cross_checks(stack: str, config: StackConfig, sql_dir: Path) -> list[str]:
         problems.append(
             f"publicIp: true is not allowed on stack '{stack}'; allowed: false outside dev stacks"
         )
+    problems += [
+        f"services[{index}].sharedSecretName: missing; allowed: the Secret with the shared instance's"
+        " connection, required while cutover is false"
+        for index, service in enumerate(config.services)
+        if not service.cutover and not service.shared_secret_name
+    ]
     unique = {
         "name": lambda s: s.name,
         "instance": lambda s: s.instance,

@@ -57,6 +57,8 @@ class SchemaMigrationArgs:
     """``offline``: freeze, then copy. ``online``: replicate while the service writes; freeze only to cut over."""
     cutover: pulumi.Input[bool] = True
     """The service uses the new database. Set back to false after a cutover to roll back."""
+    retire_migrator: pulumi.Input[bool] = True
+    """Disable the login of the role ``target_url`` names once done (its password is rotated when needed again)."""
 
 
 def _init_hash(init_sql: str) -> str:
@@ -130,7 +132,7 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
     Never copies over data the service may already be writing: once cut over,
     a changed init SQL is applied as it is, and nothing is copied again.
     """
-    from migrations import engine, online
+    from migrations import engine, online, privileges
     from migrations.errors import MigrationError
 
     endpoints = _endpoints(props)
@@ -155,6 +157,10 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
             plan = engine.plan(endpoints, options["init_sql"], options["dropped_on_purpose"])
             if refusals := plan.differences + [f"{r.kind} {r.name} needs {r.depends_on}" for r in plan.references.refused]:
                 raise MigrationError("the migration would be refused: " + "; ".join(refusals))
+        if props.get("retire_migrator"):
+            # Pulumi gives the migrator a new password whenever it is needed again (service_database.py).
+            with endpoints.connect_target() as conn, conn.transaction(), conn.cursor() as cur:
+                privileges.retire_migrator(cur)
     except MigrationError as error:
         raise MigrationFailed(str(error)) from None
     return outs
@@ -167,7 +173,7 @@ def _cut_over(endpoints, mode: str, jobs: int, options: dict[str, Any]):
         return engine.migrate(endpoints, jobs=jobs, **options)
     online.sync(endpoints, **options)
     online.wait_until_streaming(endpoints, timeout=24 * 3600)
-    return online.cutover(endpoints, jobs=jobs)
+    return online.cutover(endpoints, service_user=options["service_user"], jobs=jobs)
 
 
 def _copy_outputs(report) -> dict[str, Any]:
@@ -233,6 +239,7 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
             "dropped_on_purpose": args.dropped_on_purpose,
             "mode": args.mode,
             "cutover": args.cutover,
+            "retire_migrator": args.retire_migrator,
             **{key: None for key in ("source", "target", "init_sql_sha256", "cut_over", "warning", *_COPY_OUTPUTS)},
         }
         super().__init__(SchemaMigrationProvider(), name, props, opts)

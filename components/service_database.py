@@ -2,11 +2,19 @@
 
 DatabaseInstance -> Database -> RandomPassword -> User (service, migrator)
 -> SchemaMigration (copy + verify) -> Secret -> DeploymentPatch
+AlertPolicy (CPU, memory, disk, connections of the instance)
+
+The DeploymentPatch waits for the migration in both directions: at cutover the
+service moves once its data is verified; at rollback it moves back once the
+freeze on the shared instance is lifted.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_gcp as gcp
@@ -14,6 +22,7 @@ import pulumi_kubernetes as kubernetes
 import pulumi_random as random
 
 from components.config import ServiceConfig
+from components.monitoring import AlertThresholds, alert_policy
 from components.schema_migration import SchemaMigration, SchemaMigrationArgs
 
 POSTGRES_PORT = 5432
@@ -47,6 +56,13 @@ class ServiceDatabaseArgs:
     source_database_url: pulumi.Input[str]  # secret: the shared instance
     init_sql: pulumi.Input[str]  # text of sql/<database>_init.sql
     migration_jobs: pulumi.Input[int]
+    alerts: AlertThresholds  # the stack's monitoring thresholds
+
+
+def _place(url: str) -> str:
+    """Where a libpq URL points (host, port, database), without its credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}{parts.path}"
 
 
 def postgres_url(
@@ -102,17 +118,32 @@ class ServiceDatabase(pulumi.ComponentResource):
             settings=self._settings(service, args),
             opts=kept,
         )
+        alert_policy(
+            f"{name}-alerts",
+            service=service.name,
+            tier=service.tier,
+            connection_name=instance.connection_name,
+            thresholds=args.alerts,
+            opts=child,
+        )
         database = gcp.sql.Database(
             f"{name}-database", name=service.database, instance=instance.name, opts=kept
         )
         service_user, service_password = self._login(f"{name}-user", service.user, instance)
-        # The role the data migration connects as; it creates and owns the tables.
-        migrator, migrator_password = self._login(f"{name}-migrator", "migrator", instance)
-
         host, port = (
             service.migration_endpoint.rsplit(":", 1)
             if service.migration_endpoint
             else (instance.private_ip_address, POSTGRES_PORT)
+        )
+        # The role the data migration connects as. The migration disables its login
+        # when done; a new password, drawn whenever the migration has work again
+        # (what SchemaMigration's diff looks at changed), brings it back.
+        migration_work = pulumi.Output.all(
+            args.init_sql, service.user, service.source_schema, sorted(service.drop_on_purpose),
+            service.mode, service.cutover, host, port, pulumi.Output.from_input(args.source_database_url).apply(_place),
+        ).apply(lambda parts: hashlib.sha256(repr(parts).encode()).hexdigest())
+        migrator, migrator_password = self._login(
+            f"{name}-migrator", "migrator", instance, keepers={"migration": migration_work}
         )
         migration = SchemaMigration(
             f"{name}-migration",
@@ -125,9 +156,13 @@ class ServiceDatabase(pulumi.ComponentResource):
                 init_sql=args.init_sql,
                 jobs=args.migration_jobs,
                 dropped_on_purpose=list(service.drop_on_purpose),
+                mode=service.mode,
+                cutover=service.cutover,
             ),
             opts=child,
         )
+        # A rollback says what it did not carry back: writes made to the new database since cutover.
+        migration.warning.apply(lambda warning: warning and pulumi.log.warn(warning, resource=migration))
 
         database_url = postgres_url(
             service_user.name, service_password, instance.private_ip_address, POSTGRES_PORT, database.name
@@ -153,7 +188,9 @@ class ServiceDatabase(pulumi.ComponentResource):
             opts=child,
         )
         secret_name: pulumi.Output[str] = secret.metadata.name
-        self._point_deployment_at(name, service, secret_name, migration)
+        # Before cutover, and after a rollback, the service keeps the shared instance.
+        connection = secret_name if service.cutover else service.shared_secret_name
+        self._point_deployment_at(name, service, connection, migration)
 
         self.instance_name = instance.name
         self.connection_name = instance.connection_name
@@ -221,12 +258,16 @@ class ServiceDatabase(pulumi.ComponentResource):
         )
 
     def _login(
-        self, name: str, user: str, instance: gcp.sql.DatabaseInstance
+        self,
+        name: str,
+        user: str,
+        instance: gcp.sql.DatabaseInstance,
+        keepers: Mapping[str, pulumi.Input[str]] | None = None,
     ) -> tuple[gcp.sql.User, pulumi.Output[str]]:
-        """A database user with a generated password (a Pulumi secret)."""
+        """A database user with a generated password (a Pulumi secret), drawn again when ``keepers`` change."""
         # Letters and digits only, so URLs need no escaping; 32 of them are ~190 bits.
         password = random.RandomPassword(
-            f"{name}-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
+            f"{name}-password", length=32, special=False, keepers=keepers, opts=pulumi.ResourceOptions(parent=self)
         )
         login = gcp.sql.User(
             name,
@@ -244,10 +285,10 @@ class ServiceDatabase(pulumi.ComponentResource):
         self,
         name: str,
         service: ServiceConfig,
-        secret_name: pulumi.Output[str],
+        secret_name: pulumi.Input[str],
         migration: SchemaMigration,
     ) -> kubernetes.apps.v1.DeploymentPatch:
-        """Sets the container's connection env from the Secret: the cutover.
+        """Sets the container's connection env from the Secret: the cutover (or, with the shared secret, the rollback).
 
         `env` entries rather than `envFrom`, because an `env` entry the
         Deployment already has (e.g. DATABASE_URL from the shared secret) would

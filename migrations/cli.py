@@ -119,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     dropped(sync)
 
     cutover = command("cutover", _cutover, "Online mode: freeze the source, catch up, carry sequences, verify, stop replicating.")
+    cutover.add_argument("--service-user", metavar="ROLE", help="hand the schema over to this role once cut over")
     cutover.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections for the verification")
     cutover.add_argument("--timeout", type=_positive, default=600, metavar="SECONDS", help="longest wait for the initial copy and the catch-up")
     cutover.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
@@ -250,7 +251,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _cutover(args: argparse.Namespace) -> int:
-    report = online.cutover(_endpoints(args), jobs=args.jobs, timeout=args.timeout)
+    report = online.cutover(_endpoints(args), service_user=args.service_user, jobs=args.jobs, timeout=args.timeout)
     status = _print_report(report, args.report)
     print(f"writes were frozen for {report.freeze_window_seconds:.2f} s")
     return status

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import deferred, orphans, references, state
+from . import deferred, orphans, privileges, references, state
 from .catalog import Catalog, compare, read_catalog
 from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
@@ -138,6 +138,8 @@ def migrate(
             state.record_verification(cur, endpoints.target_schema, report.to_dict())
             if report.verified:
                 state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
+                if service_user:
+                    hand_over(cur, endpoints.target_schema, service_user)
     if not report.verified:
         raise VerificationFailed(report.mismatched + [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced])
     log.info("verified %s: %d tables identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity)
@@ -196,6 +198,13 @@ def evolve(endpoints: Endpoints, *, init_sql: str, service_user: str | None = No
         _apply_init(cur, endpoints.target_schema, init_sql)
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
+            hand_over(cur, endpoints.target_schema, service_user)
+
+
+def hand_over(cur: psycopg.Cursor, schema: str, service_user: str) -> None:
+    """The service owns its schema and everything in it, and nothing else; checked."""
+    privileges.hand_over(cur, schema, service_user)
+    privileges.verify(cur, schema, service_user)
 
 
 def read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
@@ -312,6 +321,7 @@ def _grant(cur: psycopg.Cursor, schema: str, user: str) -> None:
         "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {user}",
     ):
         cur.execute(sql.SQL(statement).format(**names))
+    privileges.restrict_service_user(cur, user)
 
 
 def _copy(

@@ -123,8 +123,13 @@ def wait_until_streaming(endpoints: Endpoints, timeout: float) -> SyncStatus:
     return current
 
 
-def cutover(endpoints: Endpoints, *, jobs: int = 2, timeout: float = 600.0) -> engine.MigrationReport:
-    """Freeze, catch up, carry sequences, verify, stop replicating. On failure, undo the freeze."""
+def cutover(
+    endpoints: Endpoints, *, service_user: str | None = None, jobs: int = 2, timeout: float = 600.0
+) -> engine.MigrationReport:
+    """Freeze, catch up, carry sequences, verify, stop replicating. On failure, undo the freeze.
+
+    ``service_user`` then gets its schema handed over (see ``privileges``).
+    """
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
         if status(endpoints).cut_over:
@@ -155,6 +160,8 @@ def cutover(endpoints: Endpoints, *, jobs: int = 2, timeout: float = 600.0) -> e
             with target.transaction(), target.cursor() as cur:
                 state.record_cutover(cur, endpoints.target_schema)
                 state.record_verification(cur, endpoints.target_schema, report.to_dict())
+                if service_user:
+                    engine.hand_over(cur, endpoints.target_schema, service_user)
     return report
 
 

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from migrations.localserver import LocalServer
 from migrations.sample_data import create_shared_source, fill_shared_source, grant_service_role
+from tests.cloud_sql import ADMIN_ROLE, CloudTarget
 from tests.support import ROOT, SERVICE_PASSWORD, SERVICES, Service, create_database, drop_database
 
 NewDatabase = Callable[..., str]
@@ -110,3 +111,22 @@ def shared_source(source_server: LocalServer, shared_template: str, new_database
 def service_target(target_server: LocalServer, service_roles: None, new_database: NewDatabase) -> Callable[[Service], str]:
     """Factory: an empty new database for a service on the (SSL-only) target server; its conninfo."""
     return lambda service: new_database(target_server, service.database)
+
+
+@pytest.fixture(params=["cloud_sql", "plain"])
+def cloud(request: pytest.FixtureRequest, target_server: LocalServer) -> Iterator[CloudTarget]:
+    layout = request.param
+    created_admin = False
+    with psycopg.connect(target_server.conninfo(), autocommit=True) as conn:
+        if layout == "cloud_sql" and not conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ADMIN_ROLE,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN CREATEDB CREATEROLE").format(sql.Identifier(ADMIN_ROLE)))
+            created_admin = True
+    target = CloudTarget(target_server, layout)
+    yield target
+    for name in reversed(target.databases):
+        drop_database(target_server, name)
+    with psycopg.connect(target_server.conninfo(), autocommit=True) as conn:
+        for role in reversed(target.roles):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        if created_admin:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ADMIN_ROLE)))

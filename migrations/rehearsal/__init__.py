@@ -9,7 +9,6 @@ binaries, nothing else: no cloud account.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import tempfile
 import time
@@ -23,7 +22,7 @@ from psycopg import sql
 from rich.console import Console
 
 from .. import engine, online
-from ..connection import Endpoints, connect
+from ..connection import Endpoints
 from ..errors import MigrationError
 from ..localserver import LocalServer, free_port
 from ..state import OFFLINE, ONLINE
@@ -35,7 +34,6 @@ from .progress import make_progress, observer_for
 from .services import ServiceSpec, services_from_stack
 from .writer import LiveWriter
 
-log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATABASE = "hexabuilders"
@@ -186,7 +184,7 @@ def _migrate_online(
             continue
         try:
             online.wait_until_streaming(run.endpoints, timeout=600)
-            result = online.cutover(run.endpoints, jobs=options.jobs)
+            result = online.cutover(run.endpoints, service_user=run.spec.user, jobs=options.jobs)
         except MigrationError as error:
             run.error = str(error)
             console.print(f"  {run.spec.name}: [red]{error}[/red]")

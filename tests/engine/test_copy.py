@@ -12,7 +12,7 @@ from migrations.copy import LogObserver
 from migrations.errors import ForeignRows, SchemaDrift
 from migrations.freeze import unfrozen_tables
 
-from tests.support import SERVICES, Service, endpoints_for, table_rows
+from tests.support import SERVICES, endpoints_for, table_rows
 
 ONBOARDING = next(s for s in SERVICES if s.schema == "onboarding")
 

@@ -4,119 +4,26 @@ work there and cannot get into another service's database; the migration role
 can no longer log in, and comes back when it is given a new password (what
 Pulumi does through the Cloud SQL API).
 
-Two layouts of the target server: ``cloud_sql`` imitates what the Cloud SQL API
-creates (a ``cloudsqlsuperuser`` role with CREATEDB and CREATEROLE that owns the
-databases; the migrator and the service user members of it, with those
-attributes); ``plain`` has no such role (a migrator with CREATEROLE owns the
-database), like the local servers and a self-managed PostgreSQL.
+Both layouts of ``tests/cloud_sql.py``: as the Cloud SQL API leaves an
+instance, and plain PostgreSQL.
 """
 
 from __future__ import annotations
 
 import secrets
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from migrations import engine, privileges
-from migrations.localserver import LocalServer
 from migrations.privileges import PrivilegeError
-from tests.support import SERVICES, Service, create_database, drop_database, endpoints_for
+from tests.cloud_sql import ADMIN_ROLE, CloudTarget, Instance
+from tests.support import SERVICES, Service, endpoints_for
 
 ONBOARDING = next(s for s in SERVICES if s.schema == "onboarding")
 RECRUITMENT = next(s for s in SERVICES if s.schema == "recruitment")
 PARTNER = next(s for s in SERVICES if s.schema == "public")  # its schema is `public`
-ADMIN_ROLE = privileges.CLOUD_SQL_ADMIN_ROLE
-
-
-@dataclass
-class Login:
-    user: str
-    password: str
-
-
-@dataclass
-class Instance:
-    """One service's new instance as the program leaves it before the migration."""
-
-    database: str
-    migrator: Login  # each instance has its own `migrator`; here each gets a unique name
-    user: Login
-
-
-@dataclass
-class CloudTarget:
-    """The target server, standing in for the new instances."""
-
-    server: LocalServer
-    layout: str
-    databases: list[str] = field(default_factory=list)
-    roles: list[str] = field(default_factory=list)
-
-    def superuser(self, database: str) -> str:
-        return self.server.conninfo(database)
-
-    def conninfo(self, database: str, login: Login) -> str:
-        # The password in the string itself, as the program's target URL has it; no .pgpass.
-        return make_conninfo(
-            self.server.conninfo(database), user=login.user, password=login.password, passfile="/nonexistent"
-        )
-
-    def create_role(self, prefix: str, *, cloud_sql_user: bool, extra: str = "") -> Login:
-        login = Login(f"{prefix}_{uuid.uuid4().hex[:8]}", secrets.token_hex(16))
-        attributes = " CREATEDB CREATEROLE" if cloud_sql_user else ""
-        membership = f" IN ROLE {ADMIN_ROLE}" if cloud_sql_user and self.layout == "cloud_sql" else ""
-        with psycopg.connect(self.superuser("postgres"), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}" + attributes + extra + membership).format(
-                    sql.Identifier(login.user), sql.Literal(login.password)
-                )
-            )
-        self.roles.append(login.user)
-        return login
-
-    def service_user(self, service: Service) -> Login:
-        """The service's user as gcp.sql.User makes it (on Cloud SQL: CREATEDB, CREATEROLE, cloudsqlsuperuser)."""
-        return self.create_role(service.user, cloud_sql_user=self.layout == "cloud_sql")
-
-    def instance(self, service: Service) -> Instance:
-        """The migration role (a Cloud SQL user in both layouts: it needs CREATEROLE), the
-        service user, and the database as gcp.sql.Database makes it (owned by cloudsqlsuperuser
-        on Cloud SQL)."""
-        migrator = self.create_role("migrator", cloud_sql_user=True)
-        name = create_database(self.server, service.database)
-        self.databases.append(name)
-        owner = ADMIN_ROLE if self.layout == "cloud_sql" else migrator.user
-        with psycopg.connect(self.superuser("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
-        return Instance(name, migrator, self.service_user(service))
-
-    def migrator_url(self, instance: Instance) -> str:
-        return self.conninfo(instance.database, instance.migrator)
-
-
-@pytest.fixture(params=["cloud_sql", "plain"])
-def cloud(request: pytest.FixtureRequest, target_server: LocalServer) -> Iterator[CloudTarget]:
-    layout = request.param
-    created_admin = False
-    with psycopg.connect(target_server.conninfo(), autocommit=True) as conn:
-        if layout == "cloud_sql" and not conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ADMIN_ROLE,)).fetchone():
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN CREATEDB CREATEROLE").format(sql.Identifier(ADMIN_ROLE)))
-            created_admin = True
-    target = CloudTarget(target_server, layout)
-    yield target
-    for name in reversed(target.databases):
-        drop_database(target_server, name)
-    with psycopg.connect(target_server.conninfo(), autocommit=True) as conn:
-        for role in reversed(target.roles):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        if created_admin:
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ADMIN_ROLE)))
 
 
 def migrate(cloud: CloudTarget, shared_source: str, service: Service) -> Instance:
@@ -160,18 +67,16 @@ def test_the_service_user_ends_least_privileged(cloud: CloudTarget, shared_sourc
     instance = cloud.instance(ONBOARDING)
     database, user, migrator = instance.database, instance.user.user, instance.migrator.user
     target = cloud.migrator_url(instance)
+    if cloud.layout == "cloud_sql":  # what Cloud SQL gives every user it creates
+        assert {f"{user} has CREATEDB", f"{user} has CREATEROLE", f"{user} is a member of {ADMIN_ROLE}"} <= set(
+            findings(cloud, database, "postgres", user)
+        )
+
     engine.migrate(endpoints_for(ONBOARDING, shared_source, target), init_sql=ONBOARDING.init_sql, service_user=user)
 
-    # What the grants alone leave: Cloud SQL's attributes and membership, objects owned by the migrator.
-    before = findings(cloud, database, "onboarding", user)
-    assert f"schema onboarding is owned by {migrator}, not {user}" in before
-    assert f"relation onboarding.onboarding_processes is owned by {migrator}, not {user}" in before
-    if cloud.layout == "cloud_sql":
-        assert {f"{user} has CREATEDB", f"{user} has CREATEROLE", f"{user} is a member of {ADMIN_ROLE}"} <= set(before)
-
-    secure(target, "onboarding", user)
-
+    # The engine itself leaves the service least-privileged; `secure` then only retires the migrator.
     assert findings(cloud, database, "onboarding", user) == []
+    secure(target, "onboarding", user)
     with psycopg.connect(cloud.superuser(database)) as conn:
         role = conn.execute(
             "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin,"
@@ -261,7 +166,6 @@ def test_the_migration_role_is_disabled_and_a_new_password_brings_it_back(
     )
     target = cloud.migrator_url(instance)
     engine.evolve(endpoints_for(RECRUITMENT, shared_source, target), init_sql=changed, service_user=user.user)
-    assert owners(cloud.superuser(database), "recruitment")["r interview_slots"] == migrator.user
     secure(target, "recruitment", user.user)
 
     owned = owners(cloud.superuser(database), "recruitment")

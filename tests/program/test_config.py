@@ -153,6 +153,14 @@ ERRORS = {
         set_key("services", []),
         "services: empty; allowed: a list of at least one service",
     ),
+    "unknown mode": (
+        edit_service(1, mode="live"),
+        "services[1].mode: 'live' is not allowed; allowed: offline or online",
+    ),
+    "rollback without the shared secret": (
+        edit_service(1, cutover=False),
+        "services[1].sharedSecretName: missing; allowed: the Secret with the shared instance's connection",
+    ),
 }
 
 

@@ -41,6 +41,7 @@ def inputs(shared_source, service_target, migrator) -> dict:
         "service_user": CAMPAIGNS.user,
         "init_sql": CAMPAIGNS.init_sql,
         "jobs": 2,
+        "retire_migrator": False,  # a superuser here: the Cloud SQL-like case is below
     }
 
 
@@ -126,3 +127,25 @@ def test_online_sync_then_cutover_then_rollback_through_the_sdk_host(inputs, sha
         with psycopg.connect(shared_source) as conn:
             assert len(unfrozen_tables(conn, CAMPAIGNS.schema)) == 4
         assert SECRET not in json.dumps([outputs, cut, back]) + host.stderr_text()
+
+
+def test_the_migration_role_is_retired_once_done(cloud, shared_source, migrator):
+    instance = cloud.instance(CAMPAIGNS)
+    props = {
+        "source_url": secret(_with_password(shared_source, migrator)),
+        "source_schema": CAMPAIGNS.schema,
+        "target_url": secret(cloud.migrator_url(instance)),
+        "target_schema": CAMPAIGNS.schema,
+        "service_user": instance.user.user,
+        "init_sql": CAMPAIGNS.init_sql,
+        "jobs": 2,
+        "retire_migrator": True,
+    }
+    provider = SchemaMigrationProvider()
+    with DynamicProviderHost() as host:
+        _, outputs = host.create(provider, host.check(provider, props))
+
+    assert outputs["cut_over"] is True
+    assert table_rows(cloud.superuser(instance.database), CAMPAIGNS.schema) == table_rows(shared_source, CAMPAIGNS.schema)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(cloud.migrator_url(instance))

@@ -1,0 +1,33 @@
+"""Cutover and rollback are stack settings: the migration is told, and the Deployment follows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.service_database import CONNECTION_KEYS
+from tests.program.harness import COMPONENT, MIGRATION, PATCH, run_program, services_of, stack_file
+
+
+def _of(graph, type_: str, service: str):
+    (component,) = [c for c in graph.of_type(COMPONENT) if c.name == service]
+    (resource,) = [r for r in graph.children(component) if r.type == type_]
+    return resource
+
+
+def test_before_cutover_the_service_keeps_the_shared_instance(tmp_path: Path) -> None:
+    values = stack_file("staging")
+    onboarding = services_of(values)[1]
+    onboarding.update(mode="online", cutover=False, sharedSecretName="onboarding-shared-db")
+
+    graph = run_program("staging", values, tmp_path / "graph.json")
+
+    assert graph.error is None
+    migration = _of(graph, MIGRATION, "onboarding").plain
+    assert (migration["mode"], migration["cutover"]) == ("online", False)
+    (container,) = _of(graph, PATCH, "onboarding").plain["spec"]["template"]["spec"]["containers"]
+    assert {entry["valueFrom"]["secretKeyRef"]["name"] for entry in container["env"]} == {"onboarding-shared-db"}
+    assert [entry["name"] for entry in container["env"]] == list(CONNECTION_KEYS)
+    # The others are cut over (the default) to their new databases.
+    (other,) = _of(graph, PATCH, "recruitment").plain["spec"]["template"]["spec"]["containers"]
+    assert {entry["valueFrom"]["secretKeyRef"]["name"] for entry in other["env"]} == {services_of(values)[2]["secretName"]}
+    assert _of(graph, MIGRATION, "recruitment").plain["cutover"] is True

@@ -13,6 +13,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 from rich.console import Console
+from rich.markup import escape
 
 from .. import engine, online
 from ..connection import Endpoints
@@ -72,6 +74,8 @@ class RehearsalReport:
     def to_dict(self) -> dict:
         return asdict(self) | {"passed": self.passed}
 
+
+T = TypeVar("T")
 
 # A test may change something between the migration and the checks, to see a criterion fail.
 Tamper = Callable[[list[ServiceRun]], None]
@@ -145,18 +149,16 @@ def _migrate_offline(runs: list[ServiceRun], options: Options, console: Console)
     progress = make_progress(console) if console.is_terminal else None
     with progress or ExitStack():
         for run in runs:
-            try:
-                engine.migrate(
+            _attempt(
+                run,
+                console,
+                lambda: engine.migrate(
                     run.endpoints,
-                    init_sql=run.spec.init_file.read_text(encoding="utf-8"),
-                    service_user=run.spec.user,
                     jobs=options.jobs,
                     observer=observer_for(console, progress, run.spec.name),
-                    dropped_on_purpose=run.spec.dropped_on_purpose,
-                )
-            except MigrationError as error:
-                run.error = str(error)
-                console.print(f"  {run.spec.name}: [red]{error}[/red]")
+                    **_init_options(run.spec),
+                ),
+            )
 
 
 def _migrate_online(
@@ -166,33 +168,39 @@ def _migrate_online(
 
     Returns the source checksums taken inside each freeze window.
     """
-    at_freeze: dict[str, Checksum] = {}
     console.print("Replicating into the new databases while the services keep writing")
     for run in runs:
-        try:
-            online.sync(
-                run.endpoints,
-                init_sql=run.spec.init_file.read_text(encoding="utf-8"),
-                service_user=run.spec.user,
-                dropped_on_purpose=run.spec.dropped_on_purpose,
-            )
-        except MigrationError as error:
-            run.error = str(error)
-            console.print(f"  {run.spec.name}: [red]{error}[/red]")
-    for run in runs:
-        if run.error:
-            continue
-        try:
-            online.wait_until_streaming(run.endpoints, timeout=600)
-            result = online.cutover(run.endpoints, service_user=run.spec.user, jobs=options.jobs)
-        except MigrationError as error:
-            run.error = str(error)
-            console.print(f"  {run.spec.name}: [red]{error}[/red]")
-            continue
-        report.freeze_windows[run.spec.name] = result.freeze_window_seconds
-        at_freeze |= {f"{run.spec.source_schema}.{t.table}": Checksum(t.rows, t.checksum) for t in result.tables}
-        console.print(f"  {run.spec.name}: cut over, writes frozen for {result.freeze_window_seconds:.2f} s")
+        _attempt(run, console, lambda: online.sync(run.endpoints, **_init_options(run.spec)))
+
+    def cut_over(run: ServiceRun) -> engine.MigrationReport:
+        online.wait_until_streaming(run.endpoints, timeout=600)
+        return online.cutover(run.endpoints, service_user=run.spec.user, jobs=options.jobs)
+
+    at_freeze: dict[str, Checksum] = {}
+    for run in [run for run in runs if not run.error]:
+        if result := _attempt(run, console, lambda: cut_over(run)):
+            report.freeze_windows[run.spec.name] = result.freeze_window_seconds
+            at_freeze |= {f"{run.spec.source_schema}.{t.table}": Checksum(t.rows, t.checksum) for t in result.tables}
+            console.print(f"  {run.spec.name}: cut over, writes frozen for {result.freeze_window_seconds:.2f} s")
     return at_freeze
+
+
+def _init_options(spec: ServiceSpec) -> dict:
+    return {
+        "init_sql": spec.init_file.read_text(encoding="utf-8"),
+        "service_user": spec.user,
+        "dropped_on_purpose": spec.dropped_on_purpose,
+    }
+
+
+def _attempt(run: ServiceRun, console: Console, step: Callable[[], T]) -> T | None:
+    """Run one service's step; a refusal is recorded on the run (the criteria report it), not raised."""
+    try:
+        return step()
+    except MigrationError as error:
+        run.error = str(error)
+        console.print(f"  {run.spec.name}: [red]{escape(str(error))}[/red]", highlight=False)
+        return None
 
 
 def _start(servers: ExitStack, options: Options, root: Path, name: str, *, port: int | None, ssl: bool) -> LocalServer:

@@ -133,7 +133,7 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
     a changed init SQL is applied as it is, and nothing is copied again.
     """
     from migrations import engine, online, privileges
-    from migrations.errors import MigrationError
+    from migrations.errors import MigrationError, SchemaDrift
 
     endpoints = _endpoints(props)
     was_cut_over, cut_over = bool(olds.get("cut_over")), bool(props.get("cutover", True))
@@ -155,8 +155,9 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
             outs["replication"] = online.sync(endpoints, **options).tables
         else:
             plan = engine.plan(endpoints, options["init_sql"], options["dropped_on_purpose"])
-            if refusals := plan.differences + [f"{r.kind} {r.name} needs {r.depends_on}" for r in plan.references.refused]:
-                raise MigrationError("the migration would be refused: " + "; ".join(refusals))
+            plan.references.refuse(endpoints.source_identity)
+            if plan.differences:
+                raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, plan.differences)
         if props.get("retire_migrator"):
             # Pulumi gives the migrator a new password whenever it is needed again (service_database.py).
             with endpoints.connect_target() as conn, conn.transaction(), conn.cursor() as cur:

@@ -19,7 +19,7 @@ from . import deferred, orphans, privileges, references, state
 from .catalog import Catalog, compare, read_catalog
 from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
-from .errors import CrossServiceReferences, ForeignRows, MigrationError, SchemaDrift, VerificationFailed
+from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
 from .freeze import freeze
 from .parallel import run_all
 from .references import References
@@ -112,8 +112,7 @@ def migrate(
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
             source_catalog = read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
-            if refs.refused:
-                raise CrossServiceReferences(endpoints.source_identity, [f"{r.kind} {r.name} depends on {r.depends_on}" for r in refs.refused])
+            refs.refuse(endpoints.source_identity)
             run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user)
             source.commit()
             newly_frozen = freeze(source, endpoints.source_schema)
@@ -141,8 +140,11 @@ def migrate(
                 if service_user:
                     hand_over(cur, endpoints.target_schema, service_user)
     if not report.verified:
-        raise VerificationFailed(report.mismatched + [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced])
-    log.info("verified %s: %d tables identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity)
+        orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
+        raise VerificationFailed(report.mismatched + orphaned)
+    log.info(
+        "verified %s: %d tables identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity
+    )
     return report
 
 

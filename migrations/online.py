@@ -72,8 +72,7 @@ def sync(
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
             catalog = engine.read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
-            if refs.refused:
-                raise MigrationError("online sync refused: " + "; ".join(f"{r.kind} {r.name} needs {r.depends_on}" for r in refs.refused))
+            refs.refuse(endpoints.source_identity)
             _require_replica_identity(source, endpoints)
             run = engine.prepare_target(target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE)
             # Creating the slot waits for every open transaction on the source, this one's included.

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from .errors import MigrationError
+from .errors import CrossServiceReferences, MigrationError
 from .freeze import FREEZE_SCHEMA
 
 FOREIGN_KEY = "foreign key"
@@ -81,6 +81,11 @@ class References:
     @property
     def refused(self) -> list[Reference]:
         return [r for r in self.items if r.refused]
+
+    def refuse(self, source: str) -> None:
+        """Raise, naming them, if any reference needs another service's data (nothing written yet)."""
+        if refused := self.refused:
+            raise CrossServiceReferences(source, [f"{r.kind} {r.name} depends on {r.depends_on}" for r in refused])
 
     @property
     def foreign_keys(self) -> list[Reference]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from ..catalog import Table
 from ..copy import LogObserver, TableCopy
@@ -37,13 +37,13 @@ class ProgressBars:
 
 
 def make_progress(console: Console) -> Progress:
+    # Fits an 80-column terminal.
     return Progress(
-        TextColumn("{task.description:<45}"),
-        BarColumn(),
-        TextColumn("{task.completed:>10,.0f} rows"),
-        TextColumn("{task.fields[mb]:>8.1f} MB"),
+        TextColumn("{task.description:<30.30}"),
+        BarColumn(bar_width=12),
+        TextColumn("{task.completed:>9,.0f} rows"),
+        TextColumn("{task.fields[mb]:>7.1f} MB"),
         TextColumn("{task.fields[rate]:>6.1f} MB/s"),
-        TimeElapsedColumn(),
         console=console,
     )
 

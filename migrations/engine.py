@@ -199,12 +199,12 @@ def evolve(endpoints: Endpoints, *, init_sql: str, service_user: str | None = No
     with endpoints.connect_target() as target, target.transaction(), target.cursor() as cur:
         _apply_init(cur, endpoints.target_schema, init_sql)
         if service_user:
-            _grant(cur, endpoints.target_schema, service_user)
             hand_over(cur, endpoints.target_schema, service_user)
 
 
 def hand_over(cur: psycopg.Cursor, schema: str, service_user: str) -> None:
     """The service owns its schema and everything in it, and nothing else; checked."""
+    _grant(cur, schema, service_user)
     privileges.hand_over(cur, schema, service_user)
     privileges.verify(cur, schema, service_user)
 

@@ -113,3 +113,21 @@ def test_a_missing_init_file_stops_before_any_write(shared_source, service_targe
     assert "cannot read init SQL" in result.stderr and "nope.sql" in result.stderr
     with psycopg.connect(shared_source) as conn:
         assert unfrozen_tables(conn, "recruitment")  # not frozen: nothing was written
+
+
+def test_sync_cutover_and_rollback_from_the_command_line(shared_source, service_target):
+    endpoints = ["--source", shared_source, "--source-schema", "recruitment", "--target", service_target(RECRUITMENT)]
+
+    synced = migrations("sync", *endpoints, "--init", str(ROOT / "sql" / "recruitment_init.sql"), "--wait")
+    assert synced.returncode == 0, synced.stderr
+    assert "streaming" in synced.stdout and "replication lag" in synced.stdout
+
+    cut = migrations("cutover", *endpoints, "--service-user", RECRUITMENT.user)
+    assert cut.returncode == 0, cut.stderr
+    assert "writes were frozen for" in cut.stdout and "identical" in cut.stdout
+
+    back = migrations("rollback", *endpoints)
+    assert back.returncode == 0, back.stderr
+    assert "NOT carried back" in back.stdout
+    with psycopg.connect(shared_source) as conn:
+        assert len(unfrozen_tables(conn, "recruitment")) >= 4

@@ -18,7 +18,7 @@ from typing import Protocol
 import psycopg
 from psycopg import IsolationLevel, sql
 
-from . import state
+from . import deferred, state
 from .catalog import Table
 from .connection import Endpoints
 from .errors import ForeignRows, MigrationError
@@ -83,7 +83,9 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
     one read-only transaction) and one target connection (one transaction per
     table) and takes the next table, largest first, from a shared queue: no
     connection is opened per table, which matters for schemas of many small
-    tables and for servers reached over TLS.
+    tables and for servers reached over TLS. Once no table is left to start, a
+    free worker builds the indexes and keys of the tables already loaded (see
+    ``deferred.restore_table``) while the last, largest ones still load.
     """
     if not tables:
         return []
@@ -94,6 +96,8 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
         snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
         queue = list(reversed(largest_first))
+        loaded: list[Table] = []  # copied, their indexes not yet built
+        copying = [0]  # tables being copied right now
         results: dict[str, TableCopy] = {}
         lock, failed = threading.Lock(), threading.Event()
 
@@ -102,13 +106,27 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
             try:
                 while not failed.is_set():
                     with lock:
-                        if not queue:
+                        if queue:
+                            table, copy = queue.pop(), True
+                            copying[0] += 1
+                        elif loaded and copying[0]:
+                            # Nothing left to start copying: build the indexes of a
+                            # table already loaded while the last ones still load.
+                            # Once none loads, deferred.restore builds the rest in parallel.
+                            table, copy = loaded.pop(0), False
+                        else:
                             return
-                        table = queue.pop()
                     try:
                         if connections is None:
                             connections = _open(endpoints, snapshot)
-                        results[table.name] = _copy_table(endpoints, *connections, table, observer)
+                        if copy:
+                            results[table.name] = _copy_table(endpoints, *connections, table, observer)
+                            with lock:
+                                copying[0] -= 1
+                                loaded.append(table)
+                                loaded.sort(key=lambda t: -t.size_bytes)
+                        else:
+                            deferred.restore_table(connections[1], endpoints.target_schema, table.name)
                     except BaseException:
                         failed.set()
                         raise

@@ -133,27 +133,49 @@ def restore(
     indexes = [obj for obj in pending if obj.kind == "index"]
     foreign_keys = [obj for obj in pending if obj.kind == "foreign key"]
 
-    def build(obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
-        """A key's unique index (left unattached) or a plain index (done)."""
-        def run(cur: psycopg.Cursor) -> None:
-            if obj.kind == "index":
-                _restore(cur, target_schema, obj, obj.definition)
-            elif not _exists(cur, target_schema, obj) and not _index_exists(cur, target_schema, obj.name):
-                cur.execute(obj.definition.split(_THEN_ATTACH)[0])
-        return run
-
-    def attach(obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
-        return lambda cur: _restore(cur, target_schema, obj, obj.definition.split(_THEN_ATTACH)[-1])
-
     largest_first = sorted(two_phase + indexes, key=lambda o: (-sizes.get(o.table, 0), o.kind != "key", o.name))
-    _run_queue(connect_target, run_in_parallel, [build(obj) for obj in largest_first])
+    _run_queue(connect_target, run_in_parallel, [_build(target_schema, obj) for obj in largest_first])
 
     # Attaching takes a moment; keys that still build under ALTER TABLE (exclusion
     # constraints, partitioned tables) wait for each other on their table's lock.
     keys = sorted(two_phase + one_phase_keys, key=lambda o: (-sizes.get(o.table, 0), o.name))
-    _run_queue(connect_target, run_in_parallel, [attach(obj) for obj in keys])
-    _run_queue(connect_target, lambda tasks: [task() for task in tasks], [attach(obj) for obj in foreign_keys])
+    _run_queue(connect_target, run_in_parallel, [_attach(target_schema, obj) for obj in keys])
+    _run_queue(connect_target, lambda tasks: [task() for task in tasks], [_attach(target_schema, obj) for obj in foreign_keys])
     return len(pending)
+
+
+def restore_table(conn: psycopg.Connection, target_schema: str, table: str) -> int:
+    """Rebuild one table's indexes and keys (not its foreign keys) on ``conn``, one transaction each.
+
+    The copy calls it for tables already loaded while the last ones still
+    load, so those index builds overlap the copy; :func:`restore` rebuilds
+    whatever is left. Returns how many objects it rebuilt.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        pending = [o for o in state.pending_objects(cur, target_schema) if o.table == table and o.kind != "foreign key"]
+        cur.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
+    steps = [_build(target_schema, o) for o in sorted(pending, key=lambda o: o.kind != "key")]
+    steps += [_attach(target_schema, o) for o in pending if o.kind == "key"]
+    for step in steps:
+        with conn.transaction(), conn.cursor() as cur:
+            step(cur)
+    return len(pending)
+
+
+def _build(schema: str, obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
+    """A plain index (restored), a key's unique index (left for :func:`_attach`), a key built by ALTER TABLE (restored)."""
+    def run(cur: psycopg.Cursor) -> None:
+        if obj.kind != "key":
+            _restore(cur, schema, obj, obj.definition)
+        elif _THEN_ATTACH in obj.definition:
+            if not _exists(cur, schema, obj) and not _index_exists(cur, schema, obj.name):
+                cur.execute(obj.definition.split(_THEN_ATTACH)[0])
+    return run
+
+
+def _attach(schema: str, obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
+    """A key: attach its unique index, or build it under ALTER TABLE when it has no separate build."""
+    return lambda cur: _restore(cur, schema, obj, obj.definition.split(_THEN_ATTACH)[-1])
 
 
 def _restore(cur: psycopg.Cursor, schema: str, obj: DeferredObject, statement: str) -> None:

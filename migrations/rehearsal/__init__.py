@@ -10,6 +10,7 @@ binaries, nothing else: no cloud account.
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -87,6 +88,8 @@ def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -
     root = Path(options.workdir or tempfile.mkdtemp(prefix="hexabuilders-rehearsal-"))
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as servers:
+        if options.workdir is None:
+            servers.callback(shutil.rmtree, root, ignore_errors=True)
         started = time.monotonic()
         console.print(f"Starting {1 + len(services)} PostgreSQL servers under {root}")
         source = _start(servers, options, root, "shared", port=None, ssl=False)

@@ -54,8 +54,8 @@ def test_a_row_changed_in_one_target_fails_the_rehearsal(monkeypatch, capsys, tm
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_the_rehearsal_names_its_servers_without_passwords_and_stops_them(tmp_path):
-    report = rehearse(Options(scale=50, workdir=tmp_path), Console(file=io.StringIO()))
+def test_the_rehearsal_names_its_servers_without_passwords_and_stops_them():
+    report = rehearse(Options(scale=50), Console(file=io.StringIO()))
 
     assert report.passed, [c for c in report.criteria if not c.passed]
     assert set(report.servers) == {"shared instance", "partner-management", "onboarding", "recruitment", "campaign-management"}
@@ -66,8 +66,8 @@ def test_the_rehearsal_names_its_servers_without_passwords_and_stops_them(tmp_pa
             psycopg.connect(host=parts.hostname, port=parts.port, dbname="postgres", connect_timeout=2)
 
 
-def test_the_online_rehearsal_loses_no_acknowledged_write(tmp_path):
-    report = rehearse(Options(scale=150, mode="online", workdir=tmp_path), Console(file=io.StringIO()))
+def test_the_online_rehearsal_loses_no_acknowledged_write():
+    report = rehearse(Options(scale=150, mode="online"), Console(file=io.StringIO()))
 
     assert report.passed, [c for c in report.criteria if not c.passed]
     lost = next(c for c in report.criteria if c.name == "not one acknowledged write lost")
@@ -81,8 +81,8 @@ def _lose_live_writes(runs):
         conn.execute("DELETE FROM onboarding.process_events WHERE event_type = 'live write'")
 
 
-def test_a_lost_write_fails_the_online_rehearsal(tmp_path):
-    report = rehearse(Options(scale=100, mode="online", workdir=tmp_path), Console(file=io.StringIO()), tamper=_lose_live_writes)
+def test_a_lost_write_fails_the_online_rehearsal():
+    report = rehearse(Options(scale=100, mode="online"), Console(file=io.StringIO()), tamper=_lose_live_writes)
 
     lost = next(c for c in report.criteria if c.name == "not one acknowledged write lost")
     assert not lost.passed and ", 0 lost;" not in lost.figure

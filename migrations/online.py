@@ -89,6 +89,8 @@ def status(endpoints: Endpoints) -> SyncStatus:
     name = replication_name(endpoints.target_schema)
     result = SyncStatus()
     with endpoints.connect_target(autocommit=True) as target:
+        if target.execute("SELECT to_regclass('schema_migration.run')").fetchone()[0] is None:
+            return result  # never synced
         run = target.execute(
             "SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s", (endpoints.target_schema,)
         ).fetchone()

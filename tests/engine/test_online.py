@@ -130,3 +130,11 @@ def test_a_rolled_back_database_is_not_migrated_into_again(shared_source, servic
 
     with pytest.raises(MigrationError, match="took the service's writes until a rollback"):
         online.sync(endpoints, init_sql=ONBOARDING.init_sql)
+
+
+def test_a_cutover_without_a_sync_is_refused_in_one_line(shared_source, service_target):
+    endpoints = endpoints_for(ONBOARDING, shared_source, service_target(ONBOARDING))
+    with pytest.raises(MigrationError, match="has no subscription: run sync first"):
+        online.cutover(endpoints, timeout=5)
+    with psycopg.connect(shared_source) as conn:
+        assert len(unfrozen_tables(conn, ONBOARDING.schema)) == 4  # nothing was frozen

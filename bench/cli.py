@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         size_mb=args.size_mb, rounds=args.rounds, jobs=args.jobs, tools=names, schema=args.schema,
         workdir=args.workdir, json_path=args.json, keep=args.keep,
     )
-    console = Console(highlight=False, width=max(100, Console().width))
+    console = Console(highlight=False, width=max(112, Console().width))
     try:
         results = run(options, console)
-    except (LocalServerError, OSError) as error:
+    except (LocalServerError, OSError, psycopg.Error) as error:
         print(f"bench: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     print_results(results, console)
@@ -78,17 +79,18 @@ def print_results(results: dict, console: Console) -> None:
         f" largest {source['largest_table']} {source['largest_table_bytes'] / source['bytes']:.0%})"
     )
     table = Table(title="Copy of one service schema into an empty database (median of the identical runs)")
-    for column, justify in (("tool", "left"), ("median s", "right"), ("MB/s", "right"), ("peak MB", "right"),
-                            ("engine speed-up", "right"), ("identical", "right")):
+    for column, justify in (("tool", "left"), ("median s", "right"), ("runs s", "right"), ("MB/s", "right"),
+                            ("peak MB", "right"), ("engine speed-up", "right"), ("identical", "right")):
         table.add_column(column, justify=justify)
     for name, entry in results["tools"].items():
         if not entry.get("available"):
-            table.add_row(entry["title"], "absent", "-", "-", "-", "-")
+            table.add_row(entry["title"], "absent", "-", "-", "-", "-", "-")
             continue
         median = entry.get("median_seconds")
         table.add_row(
             entry["title"],
             f"{median:.1f}" if median else "-",
+            " ".join(f"{s:.1f}" for s in entry["seconds"]),
             f"{entry['mb_per_second']:.1f}" if entry.get("mb_per_second") else "-",
             f"{entry['peak_mb']:.0f}" if entry.get("peak_mb") is not None else "n/a (server only)",
             "1.00x" if name == "engine" and median else (f"{entry['engine_speedup']:.2f}x" if entry.get("engine_speedup") else "-"),

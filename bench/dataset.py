@@ -166,8 +166,25 @@ class Shape:
 
 
 def init_sql(schema: str) -> str:
-    """The whole schema (types, tables, keys, indexes, foreign keys) as one script."""
-    return "\n".join([_enum(schema) + ";", _tables(schema), _keys(schema), _foreign_keys(schema)]) + "\n"
+    """The whole schema as an idempotent script (as the project's init scripts are): keys inline, IF NOT EXISTS.
+
+    Run again on a resumed copy, it leaves existing tables alone.
+    """
+    s = _q(schema)
+    inline: dict[str, list[str]] = {}
+    statements = [st.strip().rstrip(";") for st in (_keys(schema) + _foreign_keys(schema)).split(";\n") if st.strip()]
+    indexes = []
+    for statement in statements:
+        if added := re.fullmatch(re.escape(s) + r"\.(\w+) ADD (CONSTRAINT .*)", statement.removeprefix("ALTER TABLE "), re.S):
+            inline.setdefault(added.group(1), []).append(added.group(2))
+        else:
+            indexes.append(statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1) + ";")
+    tables = []
+    for match in re.finditer(r"CREATE TABLE (\S+)\.(\w+) \((.*?)\n\)", _tables(schema), re.S):
+        columns = match.group(3).rstrip() + "".join(f",\n    {c}" for c in inline.get(match.group(2), []))
+        tables.append(f"CREATE TABLE IF NOT EXISTS {match.group(1)}.{match.group(2)} ({columns}\n);")
+    enum = f"DO $$ BEGIN {_enum(schema)}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+    return "\n".join([enum, *tables, *indexes]) + "\n"
 
 
 def bare_sql(schema: str) -> str:

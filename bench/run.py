@@ -125,6 +125,7 @@ def run(options: Options, console: Console) -> dict:
                     console.print(f"[yellow]could not remove a server: {error}[/yellow]")
             for leftover in ("dump", "pgcopydb", "reference-files"):
                 shutil.rmtree(workdir / leftover, ignore_errors=True)
+            (workdir / "client.pgpass").unlink(missing_ok=True)
 
 
 def _passfile(workdir: Path, servers: list[LocalServer]) -> Path:

@@ -1,4 +1,4 @@
-"""The four ways of copying the schema that the benchmark compares.
+"""The ways of copying the schema that the benchmark compares.
 
 Each tool copies ``source_db``'s schema into an empty ``target_db`` and
 returns its wall time and peak client memory; what it needs before and after
@@ -133,7 +133,8 @@ class Engine(Tool):
 class PgDumpRestore(Tool):
     name = "pg_dump"
     title = "pg_dump+pg_restore"
-    label = "pg_dump -Fd -j N + pg_restore -j N"
+    label = "pg_dump -Fd -j N + pg_restore -j N (pg_dump's default compression)"
+    options: tuple[str, ...] = ()
 
     def missing(self) -> str | None:
         for program in ("pg_dump", "pg_restore"):
@@ -148,7 +149,7 @@ class PgDumpRestore(Tool):
         directory = ctx.workdir / "dump"
         shutil.rmtree(directory, ignore_errors=True)
         dump = measure.run(
-            ["pg_dump", "-Fd", "-j", str(ctx.jobs), "-n", ctx.schema, "-f", str(directory), "-d", ctx.source_conninfo],
+            ["pg_dump", "-Fd", "-j", str(ctx.jobs), *self.options, "-n", ctx.schema, "-f", str(directory), "-d", ctx.source_conninfo],
             log=ctx.log(self.name), env=ctx.env, timeout=ctx.timeout, what="pg_dump",
         )
         restore = measure.run(
@@ -163,6 +164,15 @@ class PgDumpRestore(Tool):
 
     def after(self, ctx: Context) -> None:
         shutil.rmtree(ctx.workdir / "dump", ignore_errors=True)
+
+
+class PgDumpRestoreUncompressed(PgDumpRestore):
+    """The same without compression: less CPU, more disk; what a user short of CPU would try."""
+
+    name = "pg_dump_z0"
+    title = "pg_dump -Z0+pg_restore"
+    label = "pg_dump -Fd -j N -Z0 + pg_restore -j N (no compression)"
+    options = ("-Z0",)
 
 
 class Pgcopydb(Tool):
@@ -292,7 +302,7 @@ class PhysicalReference(Tool):
         self._exported = files
 
 
-ALL: tuple[type[Tool], ...] = (Engine, PgDumpRestore, Pgcopydb, PhysicalReference)
+ALL: tuple[type[Tool], ...] = (Engine, PgDumpRestore, PgDumpRestoreUncompressed, Pgcopydb, PhysicalReference)
 
 
 def _path() -> str:

@@ -12,7 +12,12 @@ side instead of one after the other. A key's index is built with ``CREATE
 UNIQUE INDEX``, which lets other builds on the same table run at the same
 time, and attached afterwards with ``ADD CONSTRAINT ... USING INDEX``, which
 takes a moment; an ``ALTER TABLE ... ADD PRIMARY KEY`` would lock the table for
-the whole build. Foreign keys come last, once every key they reference exists.
+the whole build (and ``pg_get_constraintdef()`` would lose the index's storage
+parameters). Foreign keys come last, once every key they reference exists.
+
+The copy starts early: while its last tables still load, its free workers
+rebuild the indexes and keys of the tables already loaded (:func:`restore_table`);
+:func:`restore` then rebuilds whatever is left.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ def test_every_tool_copies_the_schema_identically(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     tools = json.loads(results.read_text(encoding="utf-8"))["tools"]
 
-    assert set(tools) == {"engine", "pg_dump", "pgcopydb", "reference"}
-    for name in ("engine", "pg_dump", "reference"):
+    assert set(tools) == {"engine", "pg_dump", "pg_dump_z0", "pgcopydb", "reference"}
+    for name in ("engine", "pg_dump", "pg_dump_z0", "reference"):
         assert tools[name]["available"], name
         assert tools[name]["runs"] == 1 and tools[name]["all_identical"], (name, tools[name]["attempts"])
     assert tools["engine"]["sequences_carried"] and tools["pg_dump"]["sequences_carried"]

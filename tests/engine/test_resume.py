@@ -98,7 +98,8 @@ def _in_target(query: str) -> Callable[[psycopg.Connection, str], bool]:
 
 KILL_POINTS = {
     "during init": _in_target(
-        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %(db)s AND query LIKE '%%pg_sleep%%' AND state = 'active')"
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %(db)s AND pid <> pg_backend_pid()"
+        " AND query LIKE '%%pg_sleep%%' AND state = 'active')"
     ),
     "mid-table": _in_target(
         "SELECT EXISTS (SELECT FROM pg_stat_progress_copy WHERE datname = %(db)s AND bytes_processed > 4000000)"
@@ -106,7 +107,8 @@ KILL_POINTS = {
     "between tables": _in_target("SELECT count(*) BETWEEN 1 AND 3 FROM schema_migration.copied_table"),
     "during index builds": _in_target("SELECT EXISTS (SELECT FROM pg_stat_progress_create_index WHERE datname = %(db)s)"),
     "during verify": _in_target(
-        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %(db)s AND query LIKE '%%md5(ROW(%%' AND state = 'active')"
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %(db)s AND pid <> pg_backend_pid()"
+        " AND query LIKE '%%hash_record_extended(ROW(%%' AND state = 'active')"
     ),
 }
 

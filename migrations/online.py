@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Subscription states (pg_subscription_rel.srsubstate); "r" is streaming.
 _STATES = {"i": "initializing", "d": "copying", "f": "copied", "s": "synchronized", "r": "streaming"}
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.01  # cutover waits on the catch-up with it: the freeze window
 
 
 @dataclass

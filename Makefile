@@ -3,7 +3,7 @@
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: install test rehearse clean
+.PHONY: install test rehearse bench clean
 
 install: $(VENV)/.installed
 
@@ -22,9 +22,8 @@ rehearse: install
 	$(PYTHON) -m migrations rehearse $(ARGS)
 
 # The copy benchmark: this engine against pg_dump/pg_restore, pgcopydb and a
-# physical floor (docs/benchmark.md). Installs pgcopydb when root and missing;
-# without it the benchmark says pgcopydb is absent. BENCH_ARGS="--size-mb 200" etc.
-.PHONY: bench
+# physical floor (README, "The copy benchmark"). Installs pgcopydb when root and
+# missing; without it the benchmark says pgcopydb is absent. BENCH_ARGS="--size-mb 200" etc.
 bench: install
 	@command -v pgcopydb >/dev/null || { \
 	  if [ "$$(id -u)" -eq 0 ]; then \

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from . import deferred, orphans, privileges, references, state
-from .catalog import Catalog, compare, read_catalog
+from .catalog import Catalog, Table, compare, read_catalog
 from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
 from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
@@ -129,7 +129,7 @@ def migrate(
             copy_seconds = time.monotonic() - copy_started
 
         verify_started = time.monotonic()
-        report = verify_copy(endpoints, source_catalog, refs, copies, jobs, peers or {})
+        report = verify_copy(endpoints, source_catalog, refs, copies, jobs, peers)
         report.copy_seconds = copy_seconds
         report.verify_seconds = time.monotonic() - verify_started
         report.duration_seconds = time.monotonic() - started
@@ -157,7 +157,7 @@ def verify(endpoints: Endpoints, jobs: int = 2, peers: dict[str, str] | None = N
     with endpoints.connect_source() as source:
         catalog = read_source(source, endpoints)
         refs = references.find(source, endpoints.source_schema)
-    report = verify_copy(endpoints, catalog, refs, [], jobs, peers or {})
+    report = verify_copy(endpoints, catalog, refs, [], jobs, peers)
     report.verify_seconds = report.duration_seconds = time.monotonic() - started
     return report
 
@@ -330,7 +330,7 @@ def _copy(
     endpoints: Endpoints,
     target: psycopg.Connection,
     run: state.Run,
-    pending: list,
+    pending: list[Table],
     jobs: int,
     observer: CopyObserver,
 ) -> list[TableCopy]:

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # Subscription states (pg_subscription_rel.srsubstate); "r" is streaming.
 _STATES = {"i": "initializing", "d": "copying", "f": "copied", "s": "synchronized", "r": "streaming"}
-POLL_SECONDS = 0.01  # cutover waits on the catch-up with it: the freeze window
+POLL_SECONDS = 0.01  # the catch-up wait (inside the freeze window) and slot release, on open connections
+STATUS_POLL_SECONDS = 0.25  # the initial-copy wait: each status() opens two connections
 
 
 @dataclass
@@ -120,7 +121,7 @@ def wait_until_streaming(endpoints: Endpoints, timeout: float) -> SyncStatus:
         if time.monotonic() > deadline:
             behind = ", ".join(f"{t} {s}" for t, s in current.tables.items() if s != "streaming")
             raise MigrationError(f"initial copy not finished after {timeout:.0f} s: {behind}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(STATUS_POLL_SECONDS)
     return current
 
 

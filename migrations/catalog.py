@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
+
+from .freeze import FREEZE_TRIGGER
 
 # OIDs below this belong to PostgreSQL itself; types above it (user types,
 # extensions) may carry a different OID on each server.
@@ -21,11 +24,13 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
+    """A table the copy moves as one unit: a plain table, an inheritance parent or child, or a partitioned table."""
+
     name: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
     row_estimate: int
-    size_bytes: int
+    size_bytes: int  # a partitioned table counts its partitions
     partitioned: bool
     # Binary COPY embeds type OIDs for arrays and composites of user types;
     # those differ between servers, so such tables travel as text.
@@ -35,6 +40,20 @@ class Table:
     def copied_columns(self) -> tuple[str, ...]:
         return tuple(column.name for column in self.columns if not column.generated)
 
+    def own_rows(self, schema: str) -> sql.Composable:
+        """The table in a FROM, TRUNCATE or LOCK: its own rows only.
+
+        An inheritance parent's children are tables of their own (read with
+        the parent, they would be copied twice); a partitioned table holds
+        nothing but its partitions, which it routes rows to.
+        """
+        return own_rows(schema, self.name, self.partitioned)
+
+
+def own_rows(schema: str, name: str, partitioned: bool) -> sql.Composable:
+    table = sql.Identifier(schema, name)
+    return table if partitioned else sql.SQL("ONLY {}").format(table)
+
 
 @dataclass(frozen=True)
 class Sequence:
@@ -43,15 +62,30 @@ class Sequence:
 
 
 @dataclass(frozen=True)
+class MaterializedView:
+    name: str
+    populated: bool
+    depends_on: tuple[str, ...]  # the schema's other materialized views it reads
+
+
+@dataclass(frozen=True)
 class Catalog:
     schema: str
     exists: bool
     tables: dict[str, Table] = field(default_factory=dict)
     sequences: dict[str, Sequence] = field(default_factory=dict)
+    partitions: dict[str, str] = field(default_factory=dict)  # partition -> "OF parent bound"
+    materialized_views: dict[str, MaterializedView] = field(default_factory=dict)
+    triggers: dict[str, str] = field(default_factory=dict)  # "table.trigger" -> definition and state
+    policies: dict[str, str] = field(default_factory=dict)  # "table.policy" -> definition
 
 
 _TABLES = """
-SELECT c.oid, c.relname, greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid), c.relkind = 'p'
+SELECT c.oid, c.relname, greatest(c.reltuples, 0)::bigint,
+       CASE WHEN c.relkind = 'p'
+            THEN (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0) FROM pg_partition_tree(c.oid) t)::bigint
+            ELSE pg_total_relation_size(c.oid) END,
+       c.relkind = 'p'
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
 """
@@ -88,9 +122,44 @@ LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
 WHERE n.nspname = %s AND s.relkind = 'S'
 """
 
+# Partitions must match on both sides, or the load routes rows elsewhere or nowhere.
+_PARTITIONS = """
+SELECT c.relname, format('OF %%s %%s', quote_ident(p.relname), pg_get_expr(c.relpartbound, c.oid))
+FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid JOIN pg_class p ON p.oid = i.inhparent
+WHERE c.relnamespace = %s::regnamespace AND c.relispartition
+"""
+
+# A materialized view and the schema's other materialized views its query reads.
+_MATERIALIZED_VIEWS = """
+SELECT m.relname, m.relispopulated,
+       ARRAY(SELECT DISTINCT r.relname FROM pg_rewrite w
+             JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
+             JOIN pg_class r ON d.refclassid = 'pg_class'::regclass AND r.oid = d.refobjid
+             WHERE w.ev_class = m.oid AND r.oid <> m.oid AND r.relkind = 'm' AND r.relnamespace = m.relnamespace
+             ORDER BY 1)::text[]
+FROM pg_class m WHERE m.relnamespace = %s::regnamespace AND m.relkind = 'm'
+"""
+
+# Triggers cloned from a partitioned table's onto its partitions are the parent's;
+# the write freeze's are the engine's own.
+_TRIGGERS = """
+SELECT c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid) || ' (' || t.tgenabled::text || ')'
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname <> %s
+"""
+
+_POLICIES = """
+SELECT c.relname || '.' || p.polname,
+       concat_ws(' ', p.polcmd, CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                 'USING', pg_get_expr(p.polqual, p.polrelid), 'CHECK', pg_get_expr(p.polwithcheck, p.polrelid),
+                 CASE WHEN c.relrowsecurity THEN 'enabled' END, CASE WHEN c.relforcerowsecurity THEN 'forced' END)
+FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+WHERE c.relnamespace = %s::regnamespace
+"""
+
 
 def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
-    """Tables, columns, primary keys and sequences of ``schema``."""
+    """Tables, columns, primary keys, sequences, partitions, materialized views, triggers and policies of ``schema``."""
     with conn.cursor() as cur:
         cur.execute("SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema))
         quoted_schema, exists = cur.fetchone()
@@ -116,6 +185,14 @@ def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
         sequences = {
             name: Sequence(name, (table, column) if table else None) for name, table, column in cur.fetchall()
         }
+        namespace = quoted_schema
+        partitions = dict(cur.execute(_PARTITIONS, (namespace,)).fetchall())
+        materialized_views = {
+            name: MaterializedView(name, populated, tuple(depends_on))
+            for name, populated, depends_on in cur.execute(_MATERIALIZED_VIEWS, (namespace,)).fetchall()
+        }
+        triggers = {name: _unqualified(definition, quoted_schema) for name, definition in cur.execute(_TRIGGERS, (namespace, FREEZE_TRIGGER))}
+        policies = dict(cur.execute(_POLICIES, (namespace,)).fetchall())
 
     tables = {
         name: Table(
@@ -129,11 +206,16 @@ def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
         )
         for oid, (name, rows, size, partitioned) in names.items()
     }
-    return Catalog(schema, exists=True, tables=tables, sequences=sequences)
+    return Catalog(schema, True, tables, sequences, partitions, materialized_views, triggers, policies)
+
+
+def _unqualified(definition: str, quoted_schema: str) -> str:
+    """A definition as the target's schema would render it: the source may keep the schema under another name."""
+    return definition.replace(f"{quoted_schema}.", "")
 
 
 def compare(source: Catalog, target: Catalog) -> list[str]:
-    """Every difference that would make a copy lose or refuse data, as sentences."""
+    """Every difference that would make a copy lose or refuse data, or change what the service's writes do, as sentences."""
     differences: list[str] = []
     for name in sorted(source.tables.keys() - target.tables.keys()):
         differences.append(f"table {name} is missing in the target")
@@ -143,6 +225,24 @@ def compare(source: Catalog, target: Catalog) -> list[str]:
         differences.extend(_compare_columns(name, source.tables[name], target.tables[name]))
     for name in sorted(source.sequences.keys() - target.sequences.keys()):
         differences.append(f"sequence {name} is missing in the target")
+    for kind, ours, theirs in (
+        ("partition", source.partitions, target.partitions),
+        ("materialized view", {n: "" for n in source.materialized_views}, {n: "" for n in target.materialized_views}),
+        ("trigger", source.triggers, target.triggers),
+        ("policy", source.policies, target.policies),
+    ):
+        differences.extend(_compare_definitions(kind, ours, theirs))
+    return differences
+
+
+def _compare_definitions(kind: str, source: dict[str, str], target: dict[str, str]) -> list[str]:
+    differences = [f"{kind} {name} is missing in the target" for name in sorted(source.keys() - target.keys())]
+    differences += [f"{kind} {name} exists only in the target" for name in sorted(target.keys() - source.keys())]
+    differences += [
+        f"{kind} {name} is '{source[name]}' in the source and '{target[name]}' in the target"
+        for name in sorted(source.keys() & target.keys())
+        if source[name] != target[name]
+    ]
     return differences
 
 

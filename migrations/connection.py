@@ -12,6 +12,8 @@ from .errors import ConnectionFailed
 # Checksums compare text renderings of rows computed on two servers: these
 # settings make those renderings independent of each server's defaults.
 # search_path=pg_catalog makes the catalog functions qualify every name.
+# row_security=off: a policy that would hide rows from a read raises instead
+# (a copy or a checksum sees every row, or fails).
 SESSION_OPTIONS = " ".join(
     f"-c {name}={value}"
     for name, value in {
@@ -22,6 +24,7 @@ SESSION_OPTIONS = " ".join(
         "bytea_output": "hex",
         "search_path": "pg_catalog",
         "lock_timeout": "30s",
+        "row_security": "off",
     }.items()
 )
 

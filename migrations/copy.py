@@ -18,7 +18,7 @@ from typing import Protocol
 import psycopg
 from psycopg import IsolationLevel, sql
 
-from . import deferred, state
+from . import as_stored, deferred, state
 from .catalog import Table
 from .connection import Endpoints
 from .errors import ForeignRows, MigrationError
@@ -157,8 +157,8 @@ def _copy_table(
 ) -> TableCopy:
     columns = sql.SQL(", ").join(map(sql.Identifier, table.copied_columns))
     format_ = sql.SQL("binary" if table.binary_copy else "text")
-    source_table = sql.Identifier(endpoints.source_schema, table.name)
-    target_table = sql.Identifier(endpoints.target_schema, table.name)
+    source_table = table.own_rows(endpoints.source_schema)
+    target_table = table.own_rows(endpoints.target_schema)
     # FREEZE writes the rows already visible to all, sparing the target a
     # rewrite of every page at its first vacuum; partitioned tables refuse it.
     options = sql.SQL("FORMAT {}, FREEZE").format(format_) if not table.partitioned else sql.SQL("FORMAT {}").format(format_)
@@ -169,24 +169,30 @@ def _copy_table(
         with target.cursor() as cur, source.cursor() as out_cur:
             cur.execute("SET LOCAL synchronous_commit = off")
             cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
-            cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target_table))
-            if cur.fetchone()[0]:
-                raise ForeignRows(
-                    f"target table {endpoints.target_schema}.{table.name} holds rows this engine did not write;"
-                    " refusing to overwrite them"
+            with as_stored.loading(cur, sql.Identifier(endpoints.target_schema, table.name)):
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target_table))
+                if cur.fetchone()[0]:
+                    raise ForeignRows(
+                        f"target table {endpoints.target_schema}.{table.name} holds rows this engine did not write;"
+                        " refusing to overwrite them"
+                    )
+                # Empty (just checked): truncating it lets COPY FREEZE apply.
+                cur.execute(sql.SQL("TRUNCATE {}").format(target_table))
+                bytes_ = _stream(
+                    out_cur.copy(
+                        sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(columns, source_table, format_)
+                    ),
+                    cur.copy(
+                        sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+                            sql.Identifier(endpoints.target_schema, table.name), columns, options
+                        )
+                    ),
+                    lambda rows, sent: observer.advanced(table, rows, sent),
                 )
-            # Empty (just checked): truncating it lets COPY FREEZE apply.
-            cur.execute(sql.SQL("TRUNCATE {}").format(target_table))
-            bytes_ = _stream(
-                out_cur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(columns, source_table, format_)),
-                cur.copy(sql.SQL("COPY {} ({}) FROM STDIN ({})").format(target_table, columns, options)),
-                lambda rows, sent: observer.advanced(table, rows, sent),
-            )
-            if cur.rowcount != out_cur.rowcount:
-                raise MigrationError(
-                    f"copy of {table.name} wrote {cur.rowcount} rows but the source sent {out_cur.rowcount}"
-                )
-            result = TableCopy(table.name, cur.rowcount, bytes_, time.monotonic() - started)
+                loaded = cur.rowcount
+            if loaded != out_cur.rowcount:
+                raise MigrationError(f"copy of {table.name} wrote {loaded} rows but the source sent {out_cur.rowcount}")
+            result = TableCopy(table.name, loaded, bytes_, time.monotonic() - started)
             state.record_copy(cur, endpoints.target_schema, table.name, result.rows, result.bytes, result.seconds)
         target.commit()
     except BaseException:

@@ -32,6 +32,8 @@ from . import state
 from .state import DeferredObject
 
 # Keys before plain indexes before foreign keys: the order objects are restored in.
+# Partitions count: a key, index or foreign key declared on a partition itself
+# (not cloned from its parent's, conparentid = 0) is set aside like any other.
 _CONSTRAINTS = """
 SELECT c.relname, con.conname,
        CASE con.contype WHEN 'f' THEN 'foreign key' ELSE 'key' END,
@@ -41,7 +43,7 @@ FROM pg_constraint con
 JOIN pg_class c ON c.oid = con.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_class i ON i.oid = con.conindid
-WHERE n.nspname = %s AND con.contype IN ('p', 'u', 'x', 'f') AND con.conislocal AND NOT c.relispartition
+WHERE n.nspname = %s AND con.contype IN ('p', 'u', 'x', 'f') AND con.conparentid = 0 AND con.conislocal
 """
 
 _INDEXES = """
@@ -50,12 +52,14 @@ FROM pg_index x
 JOIN pg_class i ON i.oid = x.indexrelid
 JOIN pg_class c ON c.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND NOT c.relispartition AND NOT i.relispartition
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT i.relispartition
   AND NOT EXISTS (SELECT FROM pg_constraint con WHERE con.conindid = x.indexrelid AND con.contype IN ('p', 'u', 'x'))
 """
 
+# A partitioned table's indexes are built over its partitions.
 _TABLE_SIZES = """
-SELECT c.relname, pg_relation_size(c.oid)
+SELECT c.relname,
+       coalesce((SELECT sum(pg_relation_size(t.relid)) FROM pg_partition_tree(c.oid) t), pg_relation_size(c.oid))::bigint
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relkind IN ('r', 'p')
 """

@@ -8,6 +8,7 @@ is resumable (see ``state``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,16 +16,18 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import deferred, orphans, privileges, references, state
+from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, materialized_views, orphans
+from . import privileges, references, state
 from .catalog import Catalog, Table, compare, read_catalog
 from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
 from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
-from .freeze import freeze
+from .extensions import Extension
+from .freeze import freeze, unfreeze
 from .parallel import run_all
 from .references import References
 from .sequences import carry_sequences
-from .verify import TableVerification, verify_tables
+from .verify import SchemaVerification, verify_schema, verify_tables
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Plan:
     target: Catalog
     differences: list[str]
     references: References
+    extensions: list[Extension]  # what the service's objects use; created on the target before the init
 
 
 @dataclass
@@ -44,8 +48,9 @@ class TableReport:
     table: str
     rows: int
     checksum: str
-    copied_bytes: int | None = None  # None: copied by an earlier run
+    copied_bytes: int | None = None  # None: copied by an earlier run, or not copied as such (a partition, a materialized view)
     copy_seconds: float | None = None
+    kind: str = "table"  # table, partition, inheritance child, materialized view
 
 
 @dataclass
@@ -54,6 +59,8 @@ class MigrationReport:
     target: str
     tables: list[TableReport] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # what verification could not compare, and why
+    large_objects: int = 0  # compared by their bytes
     references: list[dict] = field(default_factory=list)
     orphans: list[orphans.Orphans] = field(default_factory=list)
     copy_seconds: float = 0.0
@@ -71,21 +78,23 @@ class MigrationReport:
 
 
 def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: frozenset[str] = frozenset()) -> Plan:
-    """Compare source and target schemas and list the cross-service references; writes nothing.
+    """Compare source and target schemas and list the cross-service references and extensions; writes nothing.
 
     With ``init_sql`` the target is compared as it would be after it.
     """
     with endpoints.connect_source() as source, endpoints.connect_target() as target:
         source_catalog = read_source(source, endpoints)
         refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
+        needed = extensions.needed(source, endpoints.source_schema)
         with target.cursor() as cur:
+            differences = extensions.create(cur, needed, endpoints.source_schema, endpoints.target_schema)
             references.create_shared_types(source, cur, refs)
             if init_sql is not None:
                 _apply_init(cur, endpoints.target_schema, init_sql)
             target_catalog = read_catalog(target, endpoints.target_schema)
         target.rollback()  # planning writes nothing
-    differences = compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
-    return Plan(source_catalog, target_catalog, differences, refs)
+    differences += compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
+    return Plan(source_catalog, target_catalog, differences, refs, needed)
 
 
 def migrate(
@@ -97,12 +106,16 @@ def migrate(
     observer: CopyObserver | None = None,
     dropped_on_purpose: frozenset[str] = frozenset(),
     peers: dict[str, str] | None = None,
+    keep_frozen: bool = False,
 ) -> MigrationReport:
     """Init the target, freeze the source, copy, verify. Safe to run again after any failure.
 
-    ``dropped_on_purpose`` names views, functions and triggers that need
-    another service's data and are knowingly left behind; ``peers`` maps other
-    service schemas to their new databases, for counting orphans.
+    Every refusal comes before the freeze. A failure after it lifts the
+    freeze, so the service keeps writing to the shared instance, unless
+    ``keep_frozen``. ``dropped_on_purpose`` names views, functions and
+    triggers that need another service's data and are knowingly left behind;
+    ``peers`` maps other service schemas to their new databases, for counting
+    orphans.
     """
     started = time.monotonic()
     observer = observer or LogObserver()
@@ -113,43 +126,131 @@ def migrate(
             source_catalog = read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
             refs.refuse(endpoints.source_identity)
-            run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user)
+            needed = extensions.needed(source, endpoints.source_schema)
+            extensions.refuse_unoffered(needed, endpoints.source_identity)
+            access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
+            run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
             source.commit()
             newly_frozen = freeze(source, endpoints.source_schema)
             log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
-
-            with target.cursor() as cur:
-                already_copied = state.copied_tables(cur, endpoints.target_schema)
-            target.commit()
-            pending = [t for name, t in source_catalog.tables.items() if name not in already_copied]
-            copy_started = time.monotonic()
-            copies = _copy(endpoints, target, run, pending, jobs, observer)
-            if not run.finished:
-                _finish(endpoints, source, target, source_catalog, refs, jobs)
-            copy_seconds = time.monotonic() - copy_started
-
-        verify_started = time.monotonic()
-        report = verify_copy(endpoints, source_catalog, refs, copies, jobs, peers)
-        report.copy_seconds = copy_seconds
-        report.verify_seconds = time.monotonic() - verify_started
-        report.duration_seconds = time.monotonic() - started
-        with lock_holder.transaction(), lock_holder.cursor() as cur:
-            state.record_verification(cur, endpoints.target_schema, report.to_dict())
-            if report.verified:
-                state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
-                if service_user:
-                    hand_over(cur, endpoints.target_schema, service_user)
-    if not report.verified:
-        orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
-        raise VerificationFailed(report.mismatched + orphaned)
+            try:
+                copy_seconds, copies = _copy_frozen(endpoints, source, target, run, source_catalog, refs, jobs, observer, bool(newly_frozen))
+                verify_started = time.monotonic()
+                report = verify_copy(endpoints, source_catalog, refs, copies, jobs, peers)
+                report.copy_seconds = copy_seconds
+                report.verify_seconds = time.monotonic() - verify_started
+                report.duration_seconds = time.monotonic() - started
+                with lock_holder.transaction(), lock_holder.cursor() as cur:
+                    state.record_verification(cur, endpoints.target_schema, report.to_dict())
+                    if report.verified:
+                        state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
+                        if service_user:
+                            hand_over(cur, endpoints.target_schema, service_user)
+                if not report.verified:
+                    orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
+                    raise VerificationFailed(report.mismatched + orphaned)
+            except BaseException as error:
+                _after_failure(endpoints, error, keep_frozen)
+                raise
     log.info(
-        "verified %s: %d tables identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity
+        "verified %s: %d relations identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity
     )
     return report
 
 
+def _copy_frozen(
+    endpoints: Endpoints,
+    source: psycopg.Connection,
+    target: psycopg.Connection,
+    run: state.Run,
+    catalog: Catalog,
+    refs: References,
+    jobs: int,
+    observer: CopyObserver,
+    thawed_since: bool,
+) -> tuple[float, list[TableCopy]]:
+    """Everything between the freeze and the verification; returns the seconds it took and the tables copied.
+
+    ``thawed_since``: the source took writes since an earlier run copied
+    tables (its freeze was lifted), so those copies are checked and the
+    changed ones copied again.
+    """
+    started = time.monotonic()
+    if thawed_since:
+        run = _recheck(endpoints, source, target, run, catalog, jobs)
+    with target.cursor() as cur:
+        already_copied = state.copied_tables(cur, endpoints.target_schema)
+    target.commit()
+    pending = [t for name, t in catalog.tables.items() if name not in already_copied]
+    copies = _copy(endpoints, target, run, pending, jobs, observer)
+    if not run.finished or pending:
+        _finish(endpoints, source, target, catalog, refs, jobs)
+    return time.monotonic() - started, copies
+
+
+def _recheck(
+    endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Connection, run: state.Run, catalog: Catalog, jobs: int
+) -> state.Run:
+    """Forget the copies of tables and large objects that the source changed while it was not frozen."""
+    with target.cursor() as cur:
+        copied = state.copied_tables(cur, endpoints.target_schema)
+    target.commit()
+    tables = [t for name, t in catalog.tables.items() if name in copied]
+    changed = [v.table for v in verify_tables(endpoints, tables, jobs) if not v.identical]
+    oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
+    changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids)
+    source.commit()
+    if not changed and not changed_objects:
+        return run
+    log.warning(
+        "the source changed since the last run: copying again %s",
+        ", ".join(changed + [f"large object {oid}" for oid in changed_objects]),
+    )
+    with target.transaction(), target.cursor() as cur:
+        if changed:
+            # Their indexes and keys, and the foreign keys pointing at them, may be back: set everything aside again.
+            state.record_deferred(cur, endpoints.target_schema, deferred.set_aside(cur, endpoints.target_schema))
+            state.forget_copies(cur, endpoints.target_schema, changed)
+            for name in changed:
+                cur.execute(sql.SQL("TRUNCATE {}").format(catalog.tables[name].own_rows(endpoints.target_schema)))
+        if changed_objects:
+            large_objects.forget(cur, endpoints.target_schema, changed_objects)
+        return state.load_run(cur, endpoints.target_schema)
+
+
+def _after_failure(endpoints: Endpoints, error: BaseException, keep_frozen: bool) -> None:
+    """Lift the freeze after a failure (unless asked not to), and say in the error where things stand."""
+    if keep_frozen:
+        _note(error, f"{endpoints.source_identity} is still frozen (--keep-frozen); run the same command again to continue")
+        return
+    try:
+        with endpoints.connect_source() as source:
+            lifted = unfreeze(source, endpoints.source_schema)
+    except (psycopg.Error, MigrationError) as unfreeze_error:
+        _note(
+            error,
+            f"{endpoints.source_identity} is STILL FROZEN (lifting it failed: {one_line(unfreeze_error)});"
+            " lift it with python -m migrations unfreeze, or run the same command again",
+        )
+        return
+    log.warning("lifted the freeze on %d tables of %s", len(lifted), endpoints.source_identity)
+    _note(
+        error,
+        f"the freeze on {endpoints.source_identity} was lifted, the service keeps writing there;"
+        " run the same command again to continue",
+    )
+
+
+def _note(error: BaseException, note: str) -> None:
+    """Add ``note`` to the error's one-line message (the CLI and the provider print ``str(error)``)."""
+    if isinstance(error, MigrationError):
+        error.args = (f"{error.args[0] if error.args else error}; {note}",)
+    else:
+        error.add_note(note)
+
+
 def verify(endpoints: Endpoints, jobs: int = 2, peers: dict[str, str] | None = None) -> MigrationReport:
-    """Compare every source table with its copy, and count orphans; changes nothing.
+    """Compare everything the source schema holds with the target, and count orphans; changes nothing.
 
     ``peers`` maps other service schemas to their new databases.
     """
@@ -170,9 +271,13 @@ def verify_copy(
     jobs: int,
     peers: dict[str, str] | None = None,
 ) -> MigrationReport:
-    """Counts and checksums of every table on both sides, and orphans towards ``peers``."""
+    """Everything the source schema holds, listed from its catalog and compared with the target; orphans towards ``peers``.
+
+    ``catalog`` (the copy's view of the schema) serves only to find orphans:
+    what is compared comes from ``verify_schema``'s own reading of the source.
+    """
     peers = peers or {}
-    report = _report(endpoints, copies, verify_tables(endpoints, list(catalog.tables.values()), jobs))
+    report = _report(endpoints, copies, verify_schema(endpoints, jobs))
     report.references = [_describe(r) for r in refs.items]
     counted = [r for r in refs.foreign_keys if r.other_schema in peers]
     if counted:
@@ -206,6 +311,7 @@ def hand_over(cur: psycopg.Cursor, schema: str, service_user: str) -> None:
     """The service owns its schema and everything in it, and nothing else; checked."""
     _grant(cur, schema, service_user)
     privileges.hand_over(cur, schema, service_user)
+    large_objects.hand_over(cur, schema, service_user)
     privileges.verify(cur, schema, service_user)
 
 
@@ -219,14 +325,20 @@ def read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
 
 
 def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str) -> None:
+    script = init_script.prepare(init_sql, target_schema)
     cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)))
     # The script may name its own types unqualified.
     cur.execute(sql.SQL("SET LOCAL search_path = {}, pg_catalog").format(sql.Identifier(target_schema)))
     try:
-        cur.execute(init_sql)
+        cur.execute(script)
     except psycopg.Error as error:
         raise MigrationError(f"init SQL failed on the target, nothing was written: {one_line(error)}") from None
-    cur.execute("SET LOCAL search_path = pg_catalog")
+    # Back to the session's own settings: a pg_dump script sets search_path and others for the whole session.
+    cur.execute("RESET ALL")
+
+
+def _digest(init_sql: str) -> str:
+    return hashlib.sha256(init_sql.encode()).hexdigest()
 
 
 def prepare_target(
@@ -238,8 +350,14 @@ def prepare_target(
     init_sql: str | None,
     service_user: str | None,
     mode: str = state.OFFLINE,
+    needed: list[Extension] | None = None,
 ) -> state.Run:
-    """Init, drift check, ownership check and grants, in one transaction: all or nothing."""
+    """Extensions, init, drift check, ownership check and grants, in one transaction: all or nothing.
+
+    An init SQL already applied by an earlier run (the same text) is not
+    applied again, so a script that is not idempotent (``pg_dump``'s) can be
+    given to every run.
+    """
     with target.transaction(), target.cursor() as cur:
         state.ensure(cur)
         run = state.load_run(cur, endpoints.target_schema)
@@ -253,18 +371,23 @@ def prepare_target(
             )
         if run and run.mode != mode:
             raise MigrationError(f"target {endpoints.target_identity} is being migrated {run.mode}, not {mode}")
+        differences = extensions.create(cur, needed or [], endpoints.source_schema, endpoints.target_schema)
         for name in references.create_shared_types(source, cur, refs):
             log.info("created %s, shared with another service, in the target", name)
-        if init_sql is not None:
+        if init_sql is not None and not (run and run.init_digest == _digest(init_sql)):
             _apply_init(cur, endpoints.target_schema, init_sql)
         target_catalog = read_catalog(target, endpoints.target_schema)
-        if differences := compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs):
+        differences += compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
+        if differences:
             raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, differences)
         # An online run's tables hold what its subscription replicated.
         owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else state.copied_tables(cur, endpoints.target_schema)
         for name in sorted(source_catalog.tables.keys() - owned):
-            cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(endpoints.target_schema, name)))
-            if cur.fetchone()[0]:
+            table = source_catalog.tables[name]
+            with as_stored.readable(cur, sql.Identifier(endpoints.target_schema, name)):
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(table.own_rows(endpoints.target_schema)))
+                holds_rows = cur.fetchone()[0]
+            if holds_rows:
                 raise ForeignRows(
                     f"target table {endpoints.target_schema}.{name} on {endpoints.target_identity} holds rows"
                     " this engine did not write; refusing to overwrite them"
@@ -274,6 +397,8 @@ def prepare_target(
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
         state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
+        if init_sql is not None:
+            state.record_init(cur, endpoints.target_schema, _digest(init_sql))
         state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
         return state.load_run(cur, endpoints.target_schema)
 
@@ -352,12 +477,16 @@ def _finish(
     refs: References,
     jobs: int,
 ) -> None:
-    """Rebuild what was set aside, carry sequences, gather planner statistics."""
+    """Rebuild what was set aside, carry sequences and large objects, refresh materialized views, gather planner statistics."""
     restored = deferred.restore(endpoints.connect_target, endpoints.target_schema, lambda tasks: run_all(jobs, tasks))
     log.info("rebuilt %d indexes and constraints", restored)
     positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
     log.info("set %d sequences", len(positions))
-    analyze(endpoints, list(catalog.tables), jobs)
+    oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
+    if carried := large_objects.carry(source, target, endpoints.target_schema, oids):
+        log.info("carried %d large objects", carried)
+    materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
+    analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
     with target.transaction(), target.cursor() as cur:
         state.finish_run(cur, endpoints.target_schema)
 
@@ -372,20 +501,23 @@ def analyze(endpoints: Endpoints, tables: list[str], jobs: int) -> None:
     run_all(jobs, [lambda table=table: one(table) for table in tables])
 
 
-def _report(endpoints: Endpoints, copies: list[TableCopy], verifications: list[TableVerification]) -> MigrationReport:
+def _report(endpoints: Endpoints, copies: list[TableCopy], verification: SchemaVerification) -> MigrationReport:
     copied = {c.table: c for c in copies}
     report = MigrationReport(endpoints.source_identity, endpoints.target_identity)
-    for v in verifications:
+    for v in verification.relations:
         copy = copied.get(v.table)
+        seen = v.target or v.source
         report.tables.append(
             TableReport(
                 v.table,
-                v.target.rows,
-                v.target.checksum,
+                seen.rows,
+                seen.checksum if v.target else "missing in the target",
                 copy.bytes if copy else None,
                 round(copy.seconds, 3) if copy else None,
+                v.kind,
             )
         )
-        if not v.identical:
-            report.mismatched.append(v.table)
+    report.mismatched = verification.mismatched
+    report.unchecked = verification.unchecked
+    report.large_objects = verification.large_objects
     return report

@@ -13,6 +13,10 @@ directions with what the migration does about it:
 - an enum or domain of another service is created in the new database too;
 - a view, function or trigger that needs another service's data is refused
   unless the service's configuration drops it on purpose.
+
+Objects that belong to an extension (``uuid_generate_v1()``, ``citext``,
+``hstore``...) are nobody's service, wherever the extension lives: they are
+never references (see ``extensions``).
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace cn ON cn.oid = c.relname
 JOIN pg_proc p ON p.oid = tg.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
 WHERE NOT tg.tgisinternal AND cn.nspname <> pn.nspname AND %(schema)s IN (cn.nspname, pn.nspname)
   AND pn.nspname <> ALL(%(system)s) AND cn.nspname <> ALL(%(system)s)
+  AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
 """
 
 # Defaults drawing from another schema's sequence (shared sequence) or calling its functions.
@@ -175,7 +180,9 @@ WITH defaults AS (
   LEFT JOIN pg_namespace sn ON sn.oid = s.relnamespace
   LEFT JOIN pg_proc f ON d.refclassid = 'pg_proc'::regclass AND f.oid = d.refobjid
   LEFT JOIN pg_namespace fn ON fn.oid = f.pronamespace
-  WHERE s.oid IS NOT NULL OR f.oid IS NOT NULL
+  WHERE s.oid IS NOT NULL
+     OR (f.oid IS NOT NULL
+         AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = f.oid AND e.deptype = 'e'))
 )
 SELECT DISTINCT kind, name, depends_on, this_side, other_side, '{}'::text[], '{}'::text[], table_name, referenced
 FROM defaults
@@ -195,6 +202,7 @@ JOIN pg_type t ON t.oid = CASE WHEN at.typelem <> 0 AND at.typlen = -1 THEN at.t
 JOIN pg_namespace tn ON tn.oid = t.typnamespace
 WHERE a.attnum > 0 AND NOT a.attisdropped AND cn.nspname <> tn.nspname AND %(schema)s IN (cn.nspname, tn.nspname)
   AND tn.nspname <> ALL(%(system)s) AND cn.nspname <> ALL(%(system)s)
+  AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_type'::regclass AND e.objid = t.oid AND e.deptype = 'e')
 """
 
 

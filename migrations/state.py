@@ -65,6 +65,14 @@ CREATE TABLE IF NOT EXISTS schema_migration.reference (
   detail        jsonb NOT NULL,        -- direction, the other service, what the migration did
   PRIMARY KEY (target_schema, kind, name, depends_on)
 );
+CREATE TABLE IF NOT EXISTS schema_migration.copied_large_object (
+  target_schema text NOT NULL,
+  large_object  oid NOT NULL,
+  copied_at     timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (target_schema, large_object)
+);
+-- sha-256 of the init SQL last applied: the same file is not applied twice.
+ALTER TABLE schema_migration.run ADD COLUMN IF NOT EXISTS init_digest text;
 """
 
 
@@ -76,6 +84,7 @@ class Run:
     rolled_back: bool
     deferred: bool
     finished: bool
+    init_digest: str | None
 
 
 @dataclass(frozen=True)
@@ -110,8 +119,8 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
 
 def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
     cur.execute(
-        "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL"
-        " FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
+        "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
+        " init_digest FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
         (target_schema,),
     )
     row = cur.fetchone()
@@ -166,10 +175,47 @@ def record_copy(cur: psycopg.Cursor, target_schema: str, table: str, rows: int, 
     )
 
 
+def record_init(cur: psycopg.Cursor, target_schema: str, digest: str) -> None:
+    cur.execute("UPDATE schema_migration.run SET init_digest = %s WHERE target_schema = %s", (digest, target_schema))
+
+
+def forget_copies(cur: psycopg.Cursor, target_schema: str, tables: list[str]) -> None:
+    """The source changed these tables since they were copied: they are to be copied again."""
+    cur.execute(
+        "DELETE FROM schema_migration.copied_table WHERE target_schema = %s AND table_name = ANY(%s)",
+        (target_schema, tables),
+    )
+    cur.execute("UPDATE schema_migration.run SET finished_at = NULL WHERE target_schema = %s", (target_schema,))
+
+
+def copied_large_objects(cur: psycopg.Cursor, target_schema: str) -> set[int]:
+    cur.execute(
+        "SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = %s", (target_schema,)
+    )
+    return {oid for (oid,) in cur.fetchall()}
+
+
+def record_large_object(cur: psycopg.Cursor, target_schema: str, oid: int) -> None:
+    cur.execute(
+        "INSERT INTO schema_migration.copied_large_object (target_schema, large_object) VALUES (%s, %s::bigint::oid)",
+        (target_schema, oid),
+    )
+
+
+def forget_large_objects(cur: psycopg.Cursor, target_schema: str, oids: list[int]) -> None:
+    cur.execute(
+        "DELETE FROM schema_migration.copied_large_object WHERE target_schema = %s AND large_object = ANY(%s::bigint[]::oid[])",
+        (target_schema, oids),
+    )
+    cur.execute("UPDATE schema_migration.run SET finished_at = NULL WHERE target_schema = %s", (target_schema,))
+
+
 def record_deferred(cur: psycopg.Cursor, target_schema: str, objects: list[DeferredObject]) -> None:
+    """Objects set aside; one set aside again (its table is to be copied again) is pending once more."""
     cur.executemany(
         "INSERT INTO schema_migration.deferred_object (target_schema, table_name, object_name, kind, definition)"
-        " VALUES (%s, %s, %s, %s, %s)",
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target_schema, table_name, object_name)"
+        " DO UPDATE SET kind = excluded.kind, definition = excluded.definition, restored = false",
         [(target_schema, o.table, o.name, o.kind, o.definition) for o in objects],
     )
     cur.execute("UPDATE schema_migration.run SET deferred = true WHERE target_schema = %s", (target_schema,))

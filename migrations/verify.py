@@ -27,12 +27,13 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
-from .catalog import Table
+from . import as_stored, large_objects
+from .catalog import Table, own_rows
 from .connection import Endpoints
 from .parallel import run_all
 
@@ -68,29 +69,171 @@ class Checksum:
 
 
 @dataclass(frozen=True)
+class Relation:
+    """Something that holds rows, as verification sees it."""
+
+    name: str
+    kind: str  # table, partition, inheritance child, materialized view
+    columns: tuple[tuple[str, str], ...]  # (name, format_type) of the stored columns, in the source's order
+    size_bytes: int
+    partitioned: bool = False  # read through: a partitioned table's rows are its partitions'
+
+
+@dataclass(frozen=True)
 class TableVerification:
     table: str
     source: Checksum
-    target: Checksum
+    target: Checksum | None  # None: missing in the target
+    kind: str = "table"
 
     @property
     def identical(self) -> bool:
         return self.source == self.target
 
 
+@dataclass
+class SchemaVerification:
+    """Everything the source schema holds, each thing compared with the target."""
+
+    relations: list[TableVerification] = field(default_factory=list)
+    sequences: list[str] = field(default_factory=list)  # behind the source on the target
+    large_objects: int = 0  # compared, identical or not
+    large_object_differences: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # what could not be compared, and why
+
+    @property
+    def mismatched(self) -> list[str]:
+        return (
+            [v.table for v in self.relations if not v.identical] + self.sequences + self.large_object_differences
+        )
+
+
+# Verification's own list of what the source schema holds: it does not take the copy's.
+_HOLDINGS = """
+SELECT c.relname,
+       CASE WHEN c.relkind = 'm' THEN 'materialized view'
+            WHEN c.relkind = 'f' THEN 'foreign table'
+            WHEN c.relkind = 'p' THEN 'partitioned table'
+            WHEN c.relispartition THEN 'partition'
+            WHEN EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid) THEN 'inheritance child'
+            ELSE 'table' END,
+       c.relispopulated, pg_relation_size(c.oid),
+       ARRAY(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)::text[],
+       ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)::text[],
+       ARRAY(SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             AND 'oid'::regtype IN (t.oid, t.typbasetype) ORDER BY a.attnum)::text[]
+FROM pg_class c
+WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p', 'm', 'f')
+ORDER BY 1
+"""
+
+_SEQUENCE_POSITIONS = """
+SELECT s.relname, q.seqincrement FROM pg_class s JOIN pg_sequence q ON q.seqrelid = s.oid
+WHERE s.relnamespace = %s::regnamespace ORDER BY 1
+"""
+
+
+def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
+    """Compare everything the source schema holds, listed from the source's catalog, with the target.
+
+    Every table, partition, inheritance child and populated materialized view
+    by count and checksum of its own rows; every sequence's position; every
+    large object the tables refer to by its bytes. All reads run with
+    ``row_security = off``, so a policy cannot hide rows from either side.
+    """
+    result = SchemaVerification()
+    with endpoints.connect_source(autocommit=True) as source:
+        schema = sql.Identifier(endpoints.source_schema).as_string(source)
+        relations, oid_columns = [], []
+        for name, kind, populated, size, columns, types, oids in source.execute(_HOLDINGS, (schema,)).fetchall():
+            if kind == "foreign table":
+                result.unchecked.append(f"foreign table {name}: its rows live on another server")
+            elif kind == "materialized view" and not populated:
+                result.unchecked.append(f"materialized view {name}: not populated on the source")
+            elif kind != "partitioned table":  # its rows are its partitions'
+                relations.append(Relation(name, kind, tuple(zip(columns, types)), size))
+                oid_columns += [(name, column) for column in oids]
+        sequences = source.execute(_SEQUENCE_POSITIONS, (schema,)).fetchall()
+        referenced = _referenced_large_objects(source, endpoints.source_schema, oid_columns)
+        source_objects = dict(large_objects.digests(source, referenced))
+        source_positions = {name: _next_value(source, endpoints.source_schema, name) for name, _ in sequences}
+    result.relations = _compare(endpoints, relations, jobs)
+    with endpoints.connect_target(autocommit=True) as target:
+        for name, increment in sequences:
+            behind = _sequence_behind(target, endpoints.target_schema, name, increment, source_positions[name])
+            if behind:
+                result.sequences.append(f"sequence {name} ({behind})")
+        target_objects = dict(large_objects.digests(target, referenced))
+    result.large_objects = len(referenced)
+    result.large_object_differences = [
+        f"large object {oid} ({'missing in the target' if oid not in target_objects else 'different bytes'})"
+        for oid in referenced
+        if target_objects.get(oid) != source_objects.get(oid)
+    ]
+    return result
+
+
+def _referenced_large_objects(conn: psycopg.Connection, schema: str, oid_columns: list[tuple[str, str]]) -> list[int]:
+    if not oid_columns:
+        return []
+    values = sql.SQL(" UNION ").join(
+        sql.SQL("SELECT {} AS oid FROM ONLY {}").format(sql.Identifier(column), sql.Identifier(schema, table))
+        for table, column in oid_columns
+    )
+    query = sql.SQL("SELECT DISTINCT m.oid::bigint FROM ({}) v JOIN pg_largeobject_metadata m ON m.oid = v.oid::oid ORDER BY 1")
+    return [oid for (oid,) in conn.execute(query.format(values)).fetchall()]
+
+
+def _next_value(conn: psycopg.Connection, schema: str, name: str) -> int:
+    """What the sequence's next nextval() would return, without calling it."""
+    last_value, is_called, increment = conn.execute(
+        sql.SQL("SELECT s.last_value, s.is_called, q.seqincrement FROM {} s, pg_sequence q WHERE q.seqrelid = %s::regclass").format(
+            sql.Identifier(schema, name)
+        ),
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchone()
+    return last_value + increment if is_called else last_value
+
+
+def _sequence_behind(conn: psycopg.Connection, schema: str, name: str, increment: int, source_next: int) -> str | None:
+    """Why the target's sequence would hand out a value the source already did, or None."""
+    (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, name).as_string(conn),)).fetchone()
+    if not exists:
+        return "missing in the target"
+    target_next = _next_value(conn, schema, name)
+    if (target_next - source_next) * increment < 0:
+        return f"next value {target_next} in the target, {source_next} in the source"
+    return None
+
+
 def verify_tables(endpoints: Endpoints, tables: list[Table], jobs: int) -> list[TableVerification]:
-    """Compare every table on both sides; each side works through the tables, largest first, on ``jobs`` connections."""
-    ordered = sorted(tables, key=lambda t: t.name)
+    """Compare the copy's own list of tables on both sides (a partitioned table with all its partitions)."""
+    return _compare(
+        endpoints,
+        [
+            Relation(t.name, "table", tuple((c.name, c.type) for c in t.columns if not c.generated), t.size_bytes, t.partitioned)
+            for t in tables
+        ],
+        jobs,
+    )
+
+
+def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int) -> list[TableVerification]:
+    """Each side works through the relations, largest first, on ``jobs`` connections."""
+    ordered = sorted(relations, key=lambda r: r.name)
     if not ordered:
         return []
     methods = {_method(endpoints.connect_source), _method(endpoints.connect_target)}
     method = MD5 if MD5 in methods else HASH
-    largest_first = sorted(ordered, key=lambda t: (-t.size_bytes, t.name))
+    largest_first = sorted(ordered, key=lambda r: (-r.size_bytes, r.name))
     sides = {
         "source": (endpoints.connect_source, endpoints.source_schema),
         "target": (endpoints.connect_target, endpoints.target_schema),
     }
-    sums: dict[tuple[str, str], Checksum] = {}
+    sums: dict[tuple[str, str], Checksum | None] = {}
     queues = {side: list(reversed(largest_first)) for side in sides}
     lock, failed = threading.Lock(), threading.Event()
 
@@ -103,9 +246,9 @@ def verify_tables(endpoints: Endpoints, tables: list[Table], jobs: int) -> list[
                     with lock:
                         if not queues[side]:
                             return
-                        table = queues[side].pop()
+                        relation = queues[side].pop()
                     try:
-                        sums[side, table.name] = _checksum(conn, schema, table, method)
+                        sums[side, relation.name] = _checksum(conn, schema, relation, method, side == "target")
                     except BaseException:
                         failed.set()
                         raise
@@ -114,7 +257,7 @@ def verify_tables(endpoints: Endpoints, tables: list[Table], jobs: int) -> list[
 
     workers = max(1, min(jobs, len(ordered)))
     run_all(2 * workers, [worker(side) for side in sides for _ in range(workers)])
-    return [TableVerification(t.name, sums["source", t.name], sums["target", t.name]) for t in ordered]
+    return [TableVerification(r.name, sums["source", r.name], sums["target", r.name], r.kind) for r in ordered]
 
 
 def checksum(connect, schema: str, table: Table, method: str | None = None) -> Checksum:
@@ -123,17 +266,29 @@ def checksum(connect, schema: str, table: Table, method: str | None = None) -> C
     ``method`` (``"hash"`` or ``"md5"``) defaults to the fastest the server
     supports; checksums compare only when computed the same way.
     """
+    relation = Relation(table.name, "table", tuple((c.name, c.type) for c in table.columns if not c.generated), 0, table.partitioned)
     with connect(autocommit=True) as conn:
-        return _checksum(conn, schema, table, method or _server_method(conn))
+        return _checksum(conn, schema, relation, method or _server_method(conn))
 
 
-def _checksum(conn: psycopg.Connection, schema: str, table: Table, method: str) -> Checksum:
+def _checksum(
+    conn: psycopg.Connection, schema: str, relation: Relation, method: str, owned: bool = False
+) -> Checksum | None:
+    """None if the relation does not exist. ``owned``: the engine owns it (the target), so a FORCEd policy is lifted for the read."""
+    name = sql.Identifier(schema, relation.name)
     query = sql.SQL(_CHECKSUMS[method]).format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, table.copied_columns)),
-        values=sql.SQL(", ").join(_value(column.name, column.type) for column in table.columns if not column.generated),
-        table=sql.Identifier(schema, table.name),
+        columns=sql.SQL(", ").join(sql.Identifier(column) for column, _ in relation.columns),
+        values=sql.SQL(", ").join(_value(column, type_) for column, type_ in relation.columns),
+        table=own_rows(schema, relation.name, relation.partitioned),
     )
-    rows, checksum = conn.execute(query).fetchone()
+    with conn.transaction(force_rollback=True), conn.cursor() as cur:
+        if not cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name.as_string(cur),)).fetchone()[0]:
+            return None
+        if owned:
+            with as_stored.readable(cur, name):
+                rows, checksum = cur.execute(query).fetchone()
+        else:
+            rows, checksum = cur.execute(query).fetchone()
     return Checksum(rows, checksum)
 
 

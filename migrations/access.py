@@ -1,0 +1,53 @@
+"""What the migration role must be able to read on the source, checked before the freeze.
+
+A copy reads every row as stored or fails: every engine connection runs with
+``row_security = off``, so a policy that would hide rows raises instead of
+filtering them. The role must therefore be able to read each table whole, and
+each large object the tables refer to. This module says so before anything is
+written, naming the tables and the fix, instead of failing once the service
+is frozen.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from . import large_objects
+from .errors import MigrationError
+
+# Tables the role may not SELECT, and tables a row-level security policy applies to for it.
+_UNREADABLE = """
+SELECT c.relname,
+       NOT has_table_privilege(c.oid, 'SELECT') AS denied,
+       c.relrowsecurity AND row_security_active(c.oid) AS filtered,
+       c.relforcerowsecurity AS forced
+FROM pg_class c
+WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p', 'm')
+ORDER BY 1
+"""
+
+
+def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) -> list[int]:
+    """Raise unless the role reads every table and referenced large object of ``schema`` whole.
+
+    Returns the referenced large objects' oids.
+    """
+    rows = source.execute(_UNREADABLE, (sql.Identifier(schema).as_string(source),)).fetchall()
+    role = source.info.parameter_status("session_authorization") or source.info.user
+    if denied := [name for name, no_select, _, _ in rows if no_select]:
+        raise MigrationError(
+            f"the migration role {role} cannot read {', '.join(denied)} on {identity}, nothing was written:"
+            f" GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}"
+        )
+    if filtered := [(name, forced) for name, _, is_filtered, forced in rows if is_filtered]:
+        owner_fix = "run it as the tables' owner" + (
+            " after ALTER TABLE ... NO FORCE ROW LEVEL SECURITY" if any(forced for _, forced in filtered) else ""
+        )
+        raise MigrationError(
+            f"row-level security would hide rows of {', '.join(name for name, _ in filtered)} on {identity}"
+            f" from the migration role {role}, nothing was written: ALTER ROLE {role} BYPASSRLS, or {owner_fix}"
+        )
+    oids = large_objects.referenced(source, schema, large_objects.columns(source, schema))
+    large_objects.refuse_unreadable(source, schema, oids, identity)
+    return oids

@@ -29,7 +29,8 @@ def test_all_four_services_are_copied_and_verified(shared_source, service_target
         # The test's own comparison, independent of the engine's checksums.
         source_rows = table_rows(shared_source, service.schema)
         assert table_rows(target, service.schema) == source_rows
-        assert {t.table: t.rows for t in report.tables} == {name: len(rows) for name, rows in source_rows.items()}
+        tables = {t.table: t.rows for t in report.tables if t.kind != "materialized view"}
+        assert tables == {name: len(rows) for name, rows in source_rows.items()}
 
 
 def test_copy_restores_keys_indexes_and_sequences_and_the_service_can_work(

@@ -42,7 +42,15 @@ CREATE TABLE IF NOT EXISTS ledger.notes (
     body text
 );
 CREATE TABLE IF NOT EXISTS ledger.currencies (code char(3) PRIMARY KEY, name text NOT NULL);
-SELECT pg_sleep(0.5);  -- gives the test a moment to kill the run during init
+SELECT pg_sleep(0.5);  -- gives the test a moment to kill the run during init (within the first 1 kB that pg_stat_activity shows)
+-- Fired by the source's own inserts once per row; had it fired during the load, the copy would have it twice.
+CREATE OR REPLACE FUNCTION ledger.mark() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.memo := coalesce(NEW.memo, '') || '+'; RETURN NEW; END $$;
+CREATE OR REPLACE TRIGGER entries_mark BEFORE INSERT ON ledger.entries FOR EACH ROW EXECUTE FUNCTION ledger.mark();
+CREATE MATERIALIZED VIEW IF NOT EXISTS ledger.balances AS
+  SELECT account_id, sum(amount) AS balance, count(*) AS entries, max(booked_at) AS last_booked
+  FROM ledger.entries GROUP BY account_id;
+CREATE UNIQUE INDEX IF NOT EXISTS balances_account_idx ON ledger.balances (account_id);
 """
 
 FILL_SQL = """
@@ -54,6 +62,7 @@ INSERT INTO ledger.entries (account_id, amount, memo, details, booked_at)
   FROM generate_series(1, 400000) i;
 INSERT INTO ledger.notes (account_id, body) SELECT 1 + i % 20000, md5(i::text) FROM generate_series(1, 20000) i;
 INSERT INTO ledger.currencies VALUES ('EUR', 'Euro'), ('USD', 'US dollar'), ('JPY', '円');
+REFRESH MATERIALIZED VIEW ledger.balances;
 """
 
 
@@ -81,7 +90,12 @@ def reference(ledger_source: str, init_file: Path, target_server: LocalServer) -
     name = create_database(target_server, "ledger_reference")
     conninfo = target_server.conninfo(name)
     assert _run_copy(ledger_source, conninfo, init_file).wait(120) == 0
-    yield _fingerprint(conninfo)
+    fingerprint = _fingerprint(conninfo)
+    # Rows, materialized view and triggers as the source has them: the load fired no trigger.
+    assert {key: fingerprint[key] for key in ("rows", "triggers")} == {
+        key: _fingerprint(ledger_source)[key] for key in ("rows", "triggers")
+    }
+    yield fingerprint
     drop_database(target_server, name)
 
 
@@ -105,6 +119,10 @@ KILL_POINTS = {
         "SELECT EXISTS (SELECT FROM pg_stat_progress_copy WHERE datname = %(db)s AND bytes_processed > 4000000)"
     ),
     "between tables": _in_target("SELECT count(*) BETWEEN 1 AND 3 FROM schema_migration.copied_table"),
+    "during the materialized view refresh": _in_target(
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %(db)s AND pid <> pg_backend_pid()"
+        " AND query LIKE 'REFRESH MATERIALIZED VIEW%%' AND state = 'active')"
+    ),
     "during index builds": _in_target("SELECT EXISTS (SELECT FROM pg_stat_progress_create_index WHERE datname = %(db)s)"),
     "during verify": _in_target(
         "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = %(db)s AND pid <> pg_backend_pid()"
@@ -149,9 +167,15 @@ def _wait_for(reached: Callable[[], bool], run: subprocess.Popen, timeout: float
 
 
 def _fingerprint(conninfo: str) -> dict:
-    """Rows, keys, indexes and sequence positions of the copied schema."""
+    """Rows (of tables and materialized views), keys, indexes, triggers and sequence positions of the copied schema."""
     with psycopg.connect(conninfo) as conn:
-        tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (SCHEMA,))]
+        tables = [
+            t
+            for (t,) in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'm') ORDER BY 1",
+                (SCHEMA,),
+            )
+        ]
         rows = {
             table: conn.execute(
                 sql.SQL("SELECT count(*), md5(string_agg(to_jsonb(t)::text, '|' ORDER BY to_jsonb(t)::text)) FROM {} t").format(
@@ -172,4 +196,8 @@ def _fingerprint(conninfo: str) -> dict:
                 "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = %s", (SCHEMA,)
             ).fetchall()
         )
-    return {"rows": rows, "constraints": constraints, "indexes": indexes, "sequences": sequences}
+        triggers = conn.execute(
+            "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = 'ledger.entries'::regclass AND NOT tgisinternal"
+            " AND tgname <> 'schema_migration_write_freeze'"
+        ).fetchall()
+    return {"rows": rows, "constraints": constraints, "indexes": indexes, "sequences": sequences, "triggers": triggers}

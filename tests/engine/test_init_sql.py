@@ -1,8 +1,9 @@
 """Init SQL from ``pg_dump``: :func:`prepare` and the schema of record, on real servers.
 
-The source schema holds the shapes a service schema may have; every test
-compares what it builds with ``pg_dump`` of the source, so nothing the dump
-carries can go missing unnoticed.
+Schema ``shop`` holds the shapes a service schema may have, and Pagila is a
+public schema this project did not write; every test compares what it builds
+with ``pg_dump`` of the source, so nothing the dump carries can go missing
+unnoticed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from migrations.errors import MigrationError
 from migrations.init_sql import prepare, schema_of_record
 from migrations.localserver import LocalServer
+from tests.public_schemas.clients import load_schema_file
 from tests.support import ROOT, create_database, drop_database
 
 SCHEMA = "shop"
@@ -110,6 +112,15 @@ def shop(source_server: LocalServer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def pagila(source_server: LocalServer) -> Iterator[str]:
+    """Pagila's schema (tests/public_schemas), loaded with psql as an operator would; its conninfo."""
+    name = create_database(source_server, "pagila")
+    load_schema_file(source_server.bindir, source_server.conninfo(name), ROOT / "tests" / "public_schemas" / "pagila" / "schema.sql")
+    yield source_server.conninfo(name)
+    drop_database(source_server, name)
+
+
+@pytest.fixture(scope="module")
 def reader(source_server: LocalServer, shop: str) -> Iterator[str]:
     """A login role that reads everything, with a password in no .pgpass: each test hands it over; its name."""
     role = f"reader_{uuid.uuid4().hex[:8]}"
@@ -122,21 +133,21 @@ def reader(source_server: LocalServer, shop: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def dump(conninfo: str, *options: str) -> str:
-    """``pg_dump --schema-only`` of schema shop, without its random ``\\restrict`` key."""
+def dump(conninfo: str, schema: str, *options: str) -> str:
+    """``pg_dump --schema-only`` of ``schema``, without its random ``\\restrict`` key."""
     out = subprocess.run(
-        [PG_DUMP, "--schema-only", "--schema", SCHEMA, *options, "--dbname", conninfo],
+        [PG_DUMP, "--schema-only", "--schema", schema, *options, "--dbname", conninfo],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout
     return re.sub(r"^\\(un)?restrict .*\n", "", out, flags=re.MULTILINE)
 
 
-def apply_init(conninfo: str, text: str) -> None:
+def apply_init(conninfo: str, schema: str, text: str) -> None:
     """What the engine's init does with ``text``: schema first, then the script, all in one transaction."""
     with psycopg.connect(conninfo) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-        cur.execute(sql.SQL("SET LOCAL search_path = {}, pg_catalog").format(sql.Identifier(SCHEMA)))
-        cur.execute(prepare(text, SCHEMA))
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        cur.execute(sql.SQL("SET LOCAL search_path = {}, pg_catalog").format(sql.Identifier(schema)))
+        cur.execute(prepare(text, schema))
 
 
 # ------------------------------------------------------------ prepare, alone
@@ -220,24 +231,26 @@ def test_pg_dump_output_prepared_runs_in_one_transaction_and_leaves_the_same_sch
     assert "\\restrict " in raw and "CREATE SCHEMA shop;" in raw and " OWNER TO shop_owner_" in raw
     target = new_database(target_server, "shop")  # another server: the owner role does not exist there
 
-    apply_init(target, raw)
+    apply_init(target, SCHEMA, raw)
 
-    assert dump(target, "--no-owner") == dump(shop, "--no-owner")
+    assert dump(target, SCHEMA, "--no-owner") == dump(shop, SCHEMA, "--no-owner")
 
 
-def test_schema_of_record_applied_twice_changes_nothing(shop, target_server, new_database):
-    record = schema_of_record(shop, SCHEMA)
-    port = conninfo_to_dict(shop)["port"]
-    assert record.startswith(f"-- Schema of record for schema shop, from 127.0.0.1:{port}/shop_")
+@pytest.mark.parametrize(("source", "schema"), [("shop", "shop"), ("pagila", "public")])
+def test_schema_of_record_applied_twice_changes_nothing(source, schema, request, target_server, new_database):
+    conninfo = request.getfixturevalue(source)
+    record = schema_of_record(conninfo, schema)
+    where = conninfo_to_dict(conninfo)
+    assert record.startswith(f"-- Schema of record for schema {schema}, from 127.0.0.1:{where['port']}/{where['dbname']}\n")
     assert "\\restrict" not in record and "OWNER TO" not in record and "SET lock_timeout" not in record
-    target = new_database(target_server, "shop")
+    target = new_database(target_server, source)
 
-    apply_init(target, record)
-    first = dump(target, "--no-owner")
-    apply_init(target, record)
+    apply_init(target, schema, record)
+    first = dump(target, schema)
+    apply_init(target, schema, record)
 
-    assert dump(target, "--no-owner") == first
-    assert first == dump(shop, "--no-owner", "--no-privileges")
+    assert dump(target, schema) == first
+    assert dump(target, schema, "--no-owner", "--no-privileges") == dump(conninfo, schema, "--no-owner", "--no-privileges")
 
 
 def migrations(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

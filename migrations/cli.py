@@ -22,7 +22,9 @@ from rich.table import Table as RichTable
 from . import engine, online
 from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
+from .extensions import CLOUD_SQL_EXTENSIONS
 from .freeze import freeze, unfreeze
+from .init_sql import schema_of_record
 from .localserver import LocalServerError
 from .rehearsal import Options, rehearse
 from .state import OFFLINE, ONLINE
@@ -54,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except psycopg.Error as error:
         _error(f"database error: {one_line(error)}")
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        _error("interrupted; run the same command again to resume")
+    except KeyboardInterrupt as error:
+        _error("; ".join(["interrupted", *getattr(error, "__notes__", ["run the same command again to resume"])]))
         return 130
 
 
@@ -103,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("--service-user", metavar="ROLE", help="grant this role what the service needs in its schema")
     copy.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections (default: cores)")
     copy.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+    copy.add_argument(
+        "--keep-frozen", action="store_true",
+        help="after a failure, leave the source frozen instead of lifting the freeze (the service stays down)",
+    )
     dropped(copy)
     peers(copy)
 
@@ -144,6 +150,10 @@ def _parser() -> argparse.ArgumentParser:
 
     command("freeze", _freeze, "Refuse every write to the source schema (what copy does first).", target=False)
     command("unfreeze", _unfreeze, "Lift the write freeze on the source schema.", target=False)
+    command(
+        "schema", _schema, "Print the schema of record of the source schema (idempotent init SQL, via pg_dump): "
+        "python -m migrations schema ... > sql/<database>_init.sql", target=False,
+    )
     return parser
 
 
@@ -186,9 +196,13 @@ def _plan(args: argparse.Namespace) -> int:
         for ref in refs:
             arrow = "->" if ref.outgoing else "<-"
             console.print(f"  {arrow} {ref.kind} {ref.name} on {ref.depends_on}: {ref.action}", highlight=False, markup=False)
+    for extension in result.extensions:
+        offered = "" if extension.name in CLOUD_SQL_EXTENSIONS else ": REFUSED, Cloud SQL for PostgreSQL does not offer it"
+        print(f"needs extension {extension.name} {extension.version} (schema {extension.schema}){offered}")
     for difference in result.differences:
         print(f"drift: {difference}")
-    return EXIT_DIFFERENT if result.differences or result.references.refused else EXIT_OK
+    unoffered = any(e.name not in CLOUD_SQL_EXTENSIONS for e in result.extensions)
+    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered else EXIT_OK
 
 
 def _copy(args: argparse.Namespace) -> int:
@@ -199,6 +213,7 @@ def _copy(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         dropped_on_purpose=frozenset(args.drop_on_purpose),
         peers=dict(args.peer),
+        keep_frozen=args.keep_frozen,
     )
     return _print_report(report, args.report)
 
@@ -215,11 +230,19 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
-    table = RichTable("table", "rows", "checksum", "copied", "", title=f"{report.source} -> {report.target}")
+    table = RichTable("relation", "kind", "rows", "checksum", "copied", "", title=f"{report.source} -> {report.target}")
     for t in report.tables:
         copied = f"{t.copied_bytes / 1e6:.1f} MB in {t.copy_seconds:.2f} s" if t.copied_bytes is not None else "-"
-        table.add_row(t.table, f"{t.rows:,}", t.checksum, copied, "DIFFERENT" if t.table in report.mismatched else "identical")
+        verdict = "DIFFERENT" if t.table in report.mismatched else "identical"
+        table.add_row(t.table, t.kind, f"{t.rows:,}", t.checksum, copied, verdict)
     Console().print(table)
+    for difference in report.mismatched:
+        if difference not in {t.table for t in report.tables}:
+            print(f"DIFFERENT: {difference}")
+    if report.large_objects:
+        print(f"large objects compared by their bytes: {report.large_objects}")
+    for unchecked in report.unchecked:
+        print(f"unchecked: {unchecked}")
     for found in report.orphans:
         print(
             f"orphans of {found.reference}: {found.before} before the split, {found.after} after"
@@ -295,4 +318,11 @@ def _unfreeze(args: argparse.Namespace) -> int:
     with connect(args.source, "source") as conn:
         tables = unfreeze(conn, args.source_schema)
     print(f"lifted the freeze on {len(tables)} tables of schema {args.source_schema}")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    record = schema_of_record(args.source, args.source_schema)
+    sys.stdout.buffer.write(record.encode("utf-8"))  # the engine reads init SQL as UTF-8, whatever the locale
+    sys.stdout.flush()
     return EXIT_OK

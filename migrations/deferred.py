@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import psycopg
 from psycopg import sql
 
-from . import state
+from . import as_stored, state
 from .state import DeferredObject
 
 # Keys before plain indexes before foreign keys: the order objects are restored in.
@@ -46,8 +47,11 @@ LEFT JOIN pg_class i ON i.oid = con.conindid
 WHERE n.nspname = %s AND con.contype IN ('p', 'u', 'x', 'f') AND con.conparentid = 0 AND con.conislocal
 """
 
+# A partitioned table's index is written "ON ONLY" (without its partitions'); built
+# without ONLY, it creates and attaches theirs, as the source's did.
 _INDEXES = """
-SELECT c.relname, i.relname, pg_get_indexdef(i.oid)
+SELECT c.relname, i.relname,
+       CASE WHEN c.relkind = 'p' THEN regexp_replace(pg_get_indexdef(i.oid), ' ON ONLY ', ' ON ') ELSE pg_get_indexdef(i.oid) END
 FROM pg_index x
 JOIN pg_class i ON i.oid = x.indexrelid
 JOIN pg_class c ON c.oid = x.indrelid
@@ -68,6 +72,8 @@ WHERE n.nspname = %s AND c.relkind IN ('r', 'p')
 _THEN_ATTACH = ";\n-- then attach the index built above:\n"
 
 MAINTENANCE_WORK_MEM = "256MB"
+
+_FORCED = "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relforcerowsecurity"
 
 
 def set_aside(cur: psycopg.Cursor, schema: str) -> list[DeferredObject]:
@@ -190,8 +196,37 @@ def _attach(schema: str, obj: DeferredObject) -> Callable[[psycopg.Cursor], None
 def _restore(cur: psycopg.Cursor, schema: str, obj: DeferredObject, statement: str) -> None:
     # Re-running the init SQL on a resumed run may have rebuilt it already.
     if not _exists(cur, schema, obj):
-        cur.execute(statement)
+        with ExitStack() as lifted:
+            if obj.kind == "foreign key":
+                # Its check reads both tables as their owner, to whom a FORCEd policy applies.
+                for (table,) in cur.execute(_FORCED, (sql.Identifier(schema).as_string(cur),)).fetchall():
+                    lifted.enter_context(as_stored.readable(cur, sql.Identifier(schema, table)))
+            cur.execute(statement)
     state.mark_restored(cur, schema, obj)
+
+
+def declared(conn: psycopg.Connection, schema: str) -> set[str]:
+    """Names of the indexes and constraints of ``schema``."""
+    return {
+        name
+        for (name,) in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = %(schema)s::regnamespace AND relkind IN ('i', 'I')"
+            " UNION SELECT conname FROM pg_constraint WHERE connamespace = %(schema)s::regnamespace",
+            {"schema": sql.Identifier(schema).as_string(conn)},
+        )
+    }
+
+
+def forget_undeclared(cur: psycopg.Cursor, schema: str, declared: set[str]) -> list[str]:
+    """Stop waiting to rebuild set-aside objects that neither the source has nor a changed init SQL declares.
+
+    The init SQL may have named an index or key the source's rows cannot
+    satisfy; once it no longer does, rebuilding it again would fail again.
+    """
+    stale = [o for o in state.pending_objects(cur, schema) if o.name not in declared and not _exists(cur, schema, o)]
+    for obj in stale:
+        state.forget_deferred(cur, schema, obj)
+    return [obj.name for obj in stale]
 
 
 def _run_queue(

@@ -149,8 +149,13 @@ def migrate(
                 if not report.verified:
                     orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
                     raise VerificationFailed(report.mismatched + orphaned)
+            except MigrationError as error:
+                error.args = (f"{error}; {_after_failure(endpoints, keep_frozen)}",)
+                raise
+            except psycopg.Error as error:
+                raise MigrationError(f"database error: {one_line(error)}; {_after_failure(endpoints, keep_frozen)}") from None
             except BaseException as error:
-                _after_failure(endpoints, error, keep_frozen)
+                error.add_note(_after_failure(endpoints, keep_frozen))
                 raise
     log.info(
         "verified %s: %d relations identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity
@@ -218,35 +223,23 @@ def _recheck(
         return state.load_run(cur, endpoints.target_schema)
 
 
-def _after_failure(endpoints: Endpoints, error: BaseException, keep_frozen: bool) -> None:
-    """Lift the freeze after a failure (unless asked not to), and say in the error where things stand."""
+def _after_failure(endpoints: Endpoints, keep_frozen: bool) -> str:
+    """Lift the freeze after a failure (unless asked not to); return where that leaves the service and what to run."""
     if keep_frozen:
-        _note(error, f"{endpoints.source_identity} is still frozen (--keep-frozen); run the same command again to continue")
-        return
+        return f"{endpoints.source_identity} is still frozen (--keep-frozen); run the same command again to continue"
     try:
         with endpoints.connect_source() as source:
             lifted = unfreeze(source, endpoints.source_schema)
-    except (psycopg.Error, MigrationError) as unfreeze_error:
-        _note(
-            error,
-            f"{endpoints.source_identity} is STILL FROZEN (lifting it failed: {one_line(unfreeze_error)});"
-            " lift it with python -m migrations unfreeze, or run the same command again",
+    except (psycopg.Error, MigrationError) as error:
+        return (
+            f"{endpoints.source_identity} is STILL FROZEN (lifting it failed: {one_line(error)});"
+            " lift it with python -m migrations unfreeze, or run the same command again"
         )
-        return
     log.warning("lifted the freeze on %d tables of %s", len(lifted), endpoints.source_identity)
-    _note(
-        error,
+    return (
         f"the freeze on {endpoints.source_identity} was lifted, the service keeps writing there;"
-        " run the same command again to continue",
+        " run the same command again to continue"
     )
-
-
-def _note(error: BaseException, note: str) -> None:
-    """Add ``note`` to the error's one-line message (the CLI and the provider print ``str(error)``)."""
-    if isinstance(error, MigrationError):
-        error.args = (f"{error.args[0] if error.args else error}; {note}",)
-    else:
-        error.add_note(note)
 
 
 def verify(endpoints: Endpoints, jobs: int = 2, peers: dict[str, str] | None = None) -> MigrationReport:
@@ -376,6 +369,10 @@ def prepare_target(
             log.info("created %s, shared with another service, in the target", name)
         if init_sql is not None and not (run and run.init_digest == _digest(init_sql)):
             _apply_init(cur, endpoints.target_schema, init_sql)
+            if run and run.deferred:
+                declared = deferred.declared(source, endpoints.source_schema)
+                if forgotten := deferred.forget_undeclared(cur, endpoints.target_schema, declared):
+                    log.warning("not rebuilding %s: neither the source nor the init SQL declares it", ", ".join(forgotten))
         target_catalog = read_catalog(target, endpoints.target_schema)
         differences += compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
         if differences:

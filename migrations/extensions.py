@@ -45,7 +45,8 @@ class Extension:
 
 # The schema's objects: relations, types, routines, defaults, constraints,
 # triggers, rules (views) and policies; what they depend on (an array type
-# through its element type); the extensions that own any of it, or live in the schema.
+# through its element type, a foreign table through its server's wrapper); the
+# extensions that own any of it, or live in the schema.
 _NEEDED = """
 WITH schema_objects(classid, objid) AS (
   SELECT 'pg_class'::regclass, oid FROM pg_class WHERE relnamespace = %(schema)s::regnamespace
@@ -66,6 +67,10 @@ WITH schema_objects(classid, objid) AS (
   SELECT 'pg_type'::regclass, t.typelem
   FROM pg_depend d JOIN schema_objects o ON (d.classid, d.objid) = (o.classid, o.objid)
   JOIN pg_type t ON d.refclassid = 'pg_type'::regclass AND t.oid = d.refobjid AND t.typelem <> 0
+  UNION
+  SELECT 'pg_foreign_data_wrapper'::regclass, s.srvfdw
+  FROM pg_foreign_table f JOIN pg_foreign_server s ON s.oid = f.ftserver JOIN pg_class c ON c.oid = f.ftrelid
+  WHERE c.relnamespace = %(schema)s::regnamespace
 )
 SELECT x.extname, x.extversion, n.nspname
 FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace

@@ -52,6 +52,12 @@ INIT_SCRIPTS: dict[str, str] = {
 _SEED_SETTING = "hexabuilders_sample.seed"
 
 
+def _table_identifier(table: str) -> sql.Identifier:
+    """``"schema.table"`` as a qualified identifier."""
+    schema, name = table.split(".", 1)
+    return sql.Identifier(schema, name)
+
+
 # --------------------------------------------------------------------------
 # Schema
 # --------------------------------------------------------------------------
@@ -225,6 +231,19 @@ LONG_PARAGRAPH = (
     "Experiencia en diseño estructural, gestión de obra y coordinación BIM en Bogotá, São Paulo y 東京; "
     "liderazgo de equipos multidisciplinarios 👷‍♀️🏗️, control de costos y cumplimiento normativo. "
 )
+# Recruiters as the service names them in the setting recruitment.recruiter (row-level security).
+RECRUITERS = ["ana.garcia", "bjorn.lund", "sakura.tanaka", "ngozi.okafor", "jean-luc.dubois", "zoë.müller"]
+RECRUITER_NOTES = [
+    "Muy buena comunicación; pasar a entrevista técnica.",
+    "Strong BIM portfolio, salary expectation above range.",
+    "Referencias verificadas ✓ — dos empleadores anteriores.",
+    "候補者は来月から勤務可能です。",
+    "Prefers remote; open to one week per month on site.",
+    "No se presentó a la llamada; reprogramada para el jueves.",
+    "Pendiente: prueba práctica de AutoCAD.\nEnviar enunciado el lunes.",
+    "Gehaltsvorstellung passt, Kündigungsfrist 3 Monate.",
+    "⚠️ Do not contact before 2025 — signed non-compete.",
+]
 CAMPAIGN_NAMES = [
     "Lanzamiento Hexa", "Black Friday", "Feria de la Construcción", "Webinar BIM", "春のキャンペーン",
     "Referidos 🤝", "Expo São Paulo", "Sommeraktion", "Año Nuevo 🎉", "Partner summit",
@@ -271,6 +290,8 @@ def _parameters(sizes: Sizes) -> dict[str, object]:
         "cover_letters": COVER_LETTERS,
         "long_paragraph": LONG_PARAGRAPH,
         "campaign_names": CAMPAIGN_NAMES,
+        "recruiters": RECRUITERS,
+        "recruiter_notes": RECRUITER_NOTES,
     }
 
 
@@ -411,7 +432,7 @@ SELECT
     -- every edge-case note appears once the table has a few dozen rows
     CASE WHEN mod(i, 4) = 1 THEN NULL ELSE (%(notes)s::text[])[1 + mod(i, cardinality(%(notes)s::text[]))] END,
     r.created_at,
-    r.created_at + pg_temp.secs(pg_temp.rnd('p.updated', i) * 400 * 86400),
+    r.created_at,  -- as inserted; _EDITS stamps the rows changed since
     CASE WHEN r.status = 'terminated' THEN r.created_at + pg_temp.secs(pg_temp.rnd('p.deleted', i) * 800 * 86400) END
 FROM generate_series(1, %(partners)s::integer) AS i
 CROSS JOIN LATERAL (
@@ -559,7 +580,7 @@ SELECT
              'bank_account', CASE WHEN mod(n, 3) = 0 THEN NULL ELSE '****' || pg_temp.digits('o.bank', n, 4) END) END,
     CASE WHEN mod(n, 3) <> 0 THEN NULL ELSE pg_temp.choose(%(notes)s::text[], 'o.notes', n) END,
     r.created_at,
-    r.created_at + pg_temp.secs(pg_temp.rnd('o.updated', n) * 90 * 86400)
+    r.created_at  -- as inserted; _EDITS stamps the rows changed since
 FROM (
     SELECT i, j, row_number() OVER (ORDER BY i, j) AS n
     FROM generate_series(1, %(partners)s::integer) AS i
@@ -690,7 +711,7 @@ FROM (
 _JOB_POSTINGS = r"""
 INSERT INTO recruitment.job_postings (
     id, partner_id, title, description, location, is_remote, salary_min, salary_max, currency,
-    skills, is_open, published_at, closes_on, metadata, created_at)
+    skills, is_open, published_at, closes_on, metadata, created_at, updated_at)
 SELECT
     k,
     pg_temp.uid('partner', pg_temp.pick('j.partner', k, %(partners)s::integer)),  -- the hiring partner
@@ -715,7 +736,8 @@ SELECT
          ELSE jsonb_build_object('source', pg_temp.choose(ARRAY['portal', 'referido', 'LinkedIn', '求人サイト'], 'j.source', k),
                                  'vacancies', pg_temp.pick('j.vacancies', k, 5),
                                  'benefits', jsonb_build_array('seguro médico', 'bono 🎁', NULL)) END,
-    r.created_at
+    r.created_at,
+    r.created_at  -- as inserted; _EDITS stamps the rows changed since
 FROM generate_series(1, %(job_postings)s::integer) AS k
 CROSS JOIN LATERAL (
     SELECT mod(k, 6) = 4 OR pg_temp.rnd('j.remote', k) < 0.25 AS remote,
@@ -728,7 +750,7 @@ CROSS JOIN LATERAL (
 _CANDIDATES = r"""
 INSERT INTO recruitment.candidates (
     id, referred_by_partner_id, full_name, email, phone, country_code, birth_date, years_experience,
-    skills, resume, profile, open_to_relocation, created_at)
+    skills, resume, profile, open_to_relocation, created_at, updated_at)
 SELECT
     pg_temp.uid('candidate', k),
     CASE WHEN mod(k, 10) = 2 THEN NULL
@@ -755,8 +777,10 @@ SELECT
                                                                           'currency', 'USD'),
                                  'remote_only', CASE WHEN mod(k, 2) = 0 THEN NULL ELSE mod(k, 4) = 1 END) END,
     CASE mod(k, 3) WHEN 0 THEN NULL WHEN 1 THEN true ELSE false END,
-    pg_temp.moment('cd.created', k, '2020-06-01', 4 * 365)
+    r.created_at,
+    r.created_at  -- as inserted; _EDITS stamps the rows changed since
 FROM generate_series(1, %(candidates)s::integer) AS k
+CROSS JOIN LATERAL (SELECT pg_temp.moment('cd.created', k, '2020-06-01', 4 * 365) AS created_at) AS r
 """
 
 _APPLICATIONS = r"""
@@ -822,6 +846,36 @@ CROSS JOIN LATERAL (
 ) AS g
 """
 
+# A recruiter's notes on the candidates of screened applications, under
+# row-level security on the source: written here as the table's owner, who
+# sees (and writes) every note.
+_CANDIDATE_NOTES = r"""
+INSERT INTO recruitment.candidate_notes (
+    id, candidate_id, application_id, recruiter, visibility, body, pinned, created_at, updated_at)
+OVERRIDING SYSTEM VALUE
+SELECT
+    n,
+    s.candidate_id,
+    CASE WHEN mod(n, 5) = 3 THEN NULL ELSE s.application_id END,  -- about the candidate, not one application
+    pg_temp.choose(%(recruiters)s::text[], 'cn.recruiter', n),
+    CASE WHEN pg_temp.rnd('cn.team', n) < 0.4 THEN 'team' ELSE 'private' END,
+    CASE WHEN mod(n, 9) = 2 THEN pg_temp.choose(%(notes)s::text[], 'cn.edge', n)  -- the edge-case texts
+         ELSE pg_temp.choose(%(recruiter_notes)s::text[], 'cn.body', n) END,
+    false,  -- _EDITS pins some
+    r.created_at,
+    r.created_at
+FROM (
+    SELECT a.candidate_id, a.id AS application_id, a.applied_at, k,
+           row_number() OVER (ORDER BY a.id, k) AS n
+    FROM recruitment.applications AS a
+    CROSS JOIN LATERAL generate_series(1, pg_temp.pick('cn.count', a.id, 4) - 1) AS k
+    WHERE a.status <> 'applied'
+) AS s
+CROSS JOIN LATERAL (
+    SELECT s.applied_at + pg_temp.secs((s.k * 2 + pg_temp.rnd('cn.at', n)) * 86400) AS created_at
+) AS r
+"""
+
 # --------------------------------------------------------------------------
 # Campaign Management (schema campaign_management)
 # --------------------------------------------------------------------------
@@ -854,7 +908,7 @@ SELECT
                                  'exclude_previous', mod(k, 2) = 0) END,
     CASE WHEN mod(k, 10) = 8 THEN NULL ELSE pg_temp.choose(%(first_names)s::text[], 'cm.by', k) END,
     r.created_at,
-    r.created_at + pg_temp.secs(pg_temp.rnd('cm.updated', k) * 30 * 86400)
+    r.created_at  -- as inserted; _EDITS stamps the rows changed since
 FROM generate_series(1, %(campaigns)s::integer) AS k
 CROSS JOIN LATERAL (
     SELECT pg_temp.moment('cm.created', k, '2020-01-01', 5 * 365) AS created_at,
@@ -950,6 +1004,45 @@ FROM (
 ) AS s
 """
 
+# Tracking events, routed by the partitioned table to their month's partition:
+# about a tenth fall outside the months created (late and early events) and
+# land in the DEFAULT partition, and some sit exactly on a month boundary
+# (they belong to the later month).
+_CAMPAIGN_EVENTS = r"""
+INSERT INTO campaign_management.campaign_events (
+    id, campaign_id, campaign_partner_id, event_type, occurred_at, session_id, country_code, amount, properties)
+SELECT
+    n,
+    s.campaign_id,
+    CASE WHEN mod(n, 7) = 4 THEN NULL ELSE s.campaign_partner_id END,  -- organic: no partner
+    r.event_type,
+    CASE WHEN mod(n, 101) = 7
+         THEN (TIMESTAMP '2024-07-01' + make_interval(months => pg_temp.pick('ev.boundary', n, 6))) AT TIME ZONE 'UTC'
+         ELSE pg_temp.moment('ev.at', n, '2024-06-24', 205) END,
+    CASE WHEN mod(n, 6) = 5 THEN NULL ELSE pg_temp.uid('session', n / 3) END,  -- ~3 events per session
+    CASE WHEN mod(n, 5) = 2 THEN NULL ELSE pg_temp.choose(%(countries)s::text[], 'ev.country', n) END,
+    CASE r.event_type
+        WHEN 'conversion' THEN round((10 + pg_temp.rnd('ev.revenue', n) * 990)::numeric, 4)
+        WHEN 'click' THEN round((pg_temp.rnd('ev.cpc', n) * 3)::numeric, 4)
+    END,
+    CASE WHEN mod(n, 4) = 1 THEN NULL
+         WHEN mod(n, 50) = 22 THEN '{}'::jsonb
+         ELSE jsonb_build_object(
+             'utm_source', pg_temp.choose(ARRAY['google', 'facebook', 'linkedin', 'newsletter', 'partner'], 'ev.source', n),
+             'device', pg_temp.choose(ARRAY['mobile', 'desktop', 'tablet', NULL], 'ev.device', n),
+             'landing', 'https://hexabuilders.example/' || pg_temp.choose(ARRAY['obra', 'bim', 'ofertas', 'キャンペーン'], 'ev.path', n)) END
+FROM (
+    SELECT cp.id AS campaign_partner_id, cp.campaign_id, e,
+           row_number() OVER (ORDER BY cp.id, e) AS n
+    FROM campaign_management.campaign_partners AS cp
+    CROSS JOIN LATERAL generate_series(1, pg_temp.pick('ev.count', cp.id, 8)) AS e
+) AS s
+CROSS JOIN LATERAL (
+    SELECT pg_temp.choose(ARRAY['impression', 'impression', 'impression', 'impression', 'impression', 'click',
+                                'click', 'click', 'conversion', 'unsubscribe'], 'ev.type', n) AS event_type
+) AS r
+"""
+
 #: (table, statement) in dependency order: parents before children.
 _FILL_ORDER: tuple[tuple[str, str], ...] = (
     ("public.partners", _PARTNERS),
@@ -966,10 +1059,54 @@ _FILL_ORDER: tuple[tuple[str, str], ...] = (
     ("recruitment.candidates", _CANDIDATES),
     ("recruitment.applications", _APPLICATIONS),
     ("recruitment.interviews", _INTERVIEWS),
+    ("recruitment.candidate_notes", _CANDIDATE_NOTES),
     ("campaign_management.campaigns", _CAMPAIGNS),
     ("campaign_management.campaign_partners", _CAMPAIGN_PARTNERS),
     ("campaign_management.campaign_metrics", _CAMPAIGN_METRICS),
     ("campaign_management.campaign_assets", _CAMPAIGN_ASSETS),
+    ("campaign_management.campaign_events", _CAMPAIGN_EVENTS),
+)
+
+# --------------------------------------------------------------------------
+# Edits: rows changed after they were written, through each table's
+# BEFORE UPDATE trigger. The rows are generated in their current state; an
+# edit stamps when that state was reached (setting updated_at itself, which
+# the trigger keeps: now() would make the data differ from one fill to the
+# next). At least a second later, so the trigger sees a new value.
+# --------------------------------------------------------------------------
+
+
+_STAMP_EDITS = """
+UPDATE {table}
+SET updated_at = created_at + pg_temp.secs(1 + pg_temp.rnd(%(key)s || '.updated:' || id::text, 0) * %(max_days)s * 86400)
+WHERE pg_temp.rnd(%(key)s || '.edited:' || id::text, 0) < %(fraction)s
+"""
+
+# Recruiters pin some of their notes later on.
+_PIN_CANDIDATE_NOTES = """
+UPDATE recruitment.candidate_notes
+SET pinned = true, updated_at = created_at + pg_temp.secs(60 + pg_temp.rnd('cn.pinned_at', id) * 20 * 86400)
+WHERE pg_temp.rnd('cn.pinned', id) < 0.15
+"""
+
+
+def _stamp_edits(table: str, key: str, fraction: float, max_days: int) -> tuple[sql.Composable, dict[str, object]]:
+    """Stamp ``fraction`` of ``table``'s rows as edited within ``max_days`` of their creation.
+
+    ``key`` names the pseudo-random draws, so each table gets its own.
+    """
+    statement = sql.SQL(_STAMP_EDITS).format(table=_table_identifier(table))
+    return statement, {"key": key, "fraction": fraction, "max_days": max_days}
+
+
+#: (statement, parameters), run once every table is filled.
+_EDITS: tuple[tuple[sql.Composable, dict[str, object]], ...] = (
+    _stamp_edits("public.partners", "p", 0.8, 400),
+    _stamp_edits("onboarding.onboarding_processes", "o", 0.85, 90),
+    _stamp_edits("recruitment.job_postings", "j", 0.5, 60),
+    _stamp_edits("recruitment.candidates", "cd", 0.4, 300),
+    (sql.SQL(_PIN_CANDIDATE_NOTES), {}),
+    _stamp_edits("campaign_management.campaigns", "cm", 0.9, 30),
 )
 
 
@@ -1014,9 +1151,12 @@ def fill_shared_source(
             counts[table] = cur.rowcount
             if progress is not None:
                 progress(table, cur.rowcount)
+        for statement, edit_params in _EDITS:
+            cur.execute(statement, edit_params or None)
         cur.execute(_DROP_HELPERS)
         _advance_sequences(cur)
-        for table in counts:
+        views = _refresh_materialized_views(cur)
+        for table in [*counts, *views]:
             cur.execute(sql.SQL("ANALYZE {}").format(_table_identifier(table)))
     return counts
 
@@ -1066,10 +1206,27 @@ def _advance_sequences(cur: psycopg.Cursor) -> None:
         )
 
 
-def _table_identifier(table: str) -> sql.Identifier:
-    """``"schema.table"`` as a qualified identifier."""
-    schema, name = table.split(".", 1)
-    return sql.Identifier(schema, name)
+def _refresh_materialized_views(cur: psycopg.Cursor) -> list[str]:
+    """Populate every materialized view of the four schemas from the rows just written; return them.
+
+    The init scripts create them ``WITH NO DATA``; the services' nightly job
+    refreshes them, so on today's shared instance they are populated.
+    Creation order is a dependency order: a view can only read what existed
+    before it.
+    """
+    cur.execute(
+        """
+        SELECT n.nspname || '.' || c.relname
+        FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = ANY(%s) AND c.relkind = 'm'
+        ORDER BY c.oid
+        """,
+        (list(SCHEMAS),),
+    )
+    views = [name for (name,) in cur.fetchall()]
+    for view in views:
+        cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(_table_identifier(view)))
+    return views
 
 
 def grant_service_role(conn: psycopg.Connection, schema: str, user: str) -> None:

@@ -215,7 +215,9 @@ def record_deferred(cur: psycopg.Cursor, target_schema: str, objects: list[Defer
     cur.executemany(
         "INSERT INTO schema_migration.deferred_object (target_schema, table_name, object_name, kind, definition)"
         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target_schema, table_name, object_name)"
-        " DO UPDATE SET kind = excluded.kind, definition = excluded.definition, restored = false",
+        " DO UPDATE SET kind = excluded.kind, definition = excluded.definition, restored = false"
+        # A key whose index was built but not yet attached is still pending as the key it is.
+        " WHERE deferred_object.restored",
         [(target_schema, o.table, o.name, o.kind, o.definition) for o in objects],
     )
     cur.execute("UPDATE schema_migration.run SET deferred = true WHERE target_schema = %s", (target_schema,))
@@ -234,6 +236,13 @@ def mark_restored(cur: psycopg.Cursor, target_schema: str, obj: DeferredObject) 
     cur.execute(
         "UPDATE schema_migration.deferred_object SET restored = true"
         " WHERE target_schema = %s AND table_name = %s AND object_name = %s",
+        (target_schema, obj.table, obj.name),
+    )
+
+
+def forget_deferred(cur: psycopg.Cursor, target_schema: str, obj: DeferredObject) -> None:
+    cur.execute(
+        "DELETE FROM schema_migration.deferred_object WHERE target_schema = %s AND table_name = %s AND object_name = %s",
         (target_schema, obj.table, obj.name),
     )
 

@@ -179,7 +179,7 @@ def _cut_over(endpoints, mode: str, jobs: int, options: dict[str, Any]):
 
 def _copy_outputs(report) -> dict[str, Any]:
     return {
-        "tables": {t.table: {"rows": t.rows, "checksum": t.checksum} for t in report.tables},
+        "tables": {t.table: {"rows": t.rows, "checksum": t.checksum, "kind": t.kind} for t in report.tables},
         "references": report.references,
         "copy_seconds": round(report.copy_seconds, 3),
         "verify_seconds": round(report.verify_seconds, 3),

@@ -80,12 +80,14 @@ class MigrationReport:
 def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: frozenset[str] = frozenset()) -> Plan:
     """Compare source and target schemas and list the cross-service references and extensions; writes nothing.
 
-    With ``init_sql`` the target is compared as it would be after it.
+    With ``init_sql`` the target is compared as it would be after it. Raises
+    if the migration role could not read every row (see ``access``).
     """
     with endpoints.connect_source() as source, endpoints.connect_target() as target:
         source_catalog = read_source(source, endpoints)
         refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
         needed = extensions.needed(source, endpoints.source_schema)
+        access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
         with target.cursor() as cur:
             differences = extensions.create(cur, needed, endpoints.source_schema, endpoints.target_schema)
             references.create_shared_types(source, cur, refs)
@@ -134,7 +136,9 @@ def migrate(
             newly_frozen = freeze(source, endpoints.source_schema)
             log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
             try:
-                copy_seconds, copies = _copy_frozen(endpoints, source, target, run, source_catalog, refs, jobs, observer, bool(newly_frozen))
+                copy_seconds, copies = _copy_frozen(
+                    endpoints, source, target, run, source_catalog, refs, jobs, observer, thawed_since=bool(newly_frozen)
+                )
                 verify_started = time.monotonic()
                 report = verify_copy(endpoints, source_catalog, refs, copies, jobs, peers)
                 report.copy_seconds = copy_seconds
@@ -199,11 +203,14 @@ def _recheck(
     """Forget the copies of tables and large objects that the source changed while it was not frozen."""
     with target.cursor() as cur:
         copied = state.copied_tables(cur, endpoints.target_schema)
+        copied_objects = state.copied_large_objects(cur, endpoints.target_schema)
     target.commit()
+    if not copied and not copied_objects:
+        return run
     tables = [t for name, t in catalog.tables.items() if name in copied]
     changed = [v.table for v in verify_tables(endpoints, tables, jobs) if not v.identical]
     oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
-    changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids)
+    changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids) if copied_objects else []
     source.commit()
     if not changed and not changed_objects:
         return run
@@ -217,7 +224,8 @@ def _recheck(
             state.record_deferred(cur, endpoints.target_schema, deferred.set_aside(cur, endpoints.target_schema))
             state.forget_copies(cur, endpoints.target_schema, changed)
             for name in changed:
-                cur.execute(sql.SQL("TRUNCATE {}").format(catalog.tables[name].own_rows(endpoints.target_schema)))
+                with as_stored.loading(cur, sql.Identifier(endpoints.target_schema, name)):
+                    cur.execute(sql.SQL("TRUNCATE {}").format(catalog.tables[name].own_rows(endpoints.target_schema)))
         if changed_objects:
             large_objects.forget(cur, endpoints.target_schema, changed_objects)
         return state.load_run(cur, endpoints.target_schema)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import engine, references, state
+from . import access, engine, extensions, large_objects, materialized_views, references, state
 from .connection import Endpoints
 from .errors import MigrationError
 from .freeze import freeze, unfreeze
@@ -74,8 +74,13 @@ def sync(
             catalog = engine.read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
             refs.refuse(endpoints.source_identity)
+            needed = extensions.needed(source, endpoints.source_schema)
+            extensions.refuse_unoffered(needed, endpoints.source_identity)
+            access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
             _require_replica_identity(source, endpoints)
-            run = engine.prepare_target(target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE)
+            run = engine.prepare_target(
+                target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE, needed=needed
+            )
             # Creating the slot waits for every open transaction on the source, this one's included.
             source.commit()
             if run.cut_over:
@@ -146,6 +151,10 @@ def cutover(
                 freeze(source, endpoints.source_schema)
                 _catch_up(source, target, endpoints, timeout)
                 carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
+                # Neither travels by logical replication.
+                oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
+                large_objects.carry(source, target, endpoints.target_schema, oids)
+                materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
                 report = engine.verify_copy(endpoints, catalog, refs, [], jobs)
                 window = time.monotonic() - frozen_at
                 if report.mismatched:

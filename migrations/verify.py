@@ -27,7 +27,8 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from graphlib import TopologicalSorter
 
 import psycopg
 from psycopg import sql
@@ -77,6 +78,9 @@ class Relation:
     columns: tuple[tuple[str, str], ...]  # (name, format_type) of the stored columns, in the source's order
     size_bytes: int
     partitioned: bool = False  # read through: a partitioned table's rows are its partitions'
+    # A materialized view's query as the source renders it; when set, the source is read through it (see _refreshed).
+    query: str | None = None
+    reads: tuple[str, ...] = ()  # the schema's materialized views that query reads
 
 
 @dataclass(frozen=True)
@@ -117,14 +121,18 @@ SELECT c.relname,
             WHEN c.relispartition THEN 'partition'
             WHEN EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid) THEN 'inheritance child'
             ELSE 'table' END,
-       c.relispopulated, pg_relation_size(c.oid),
+       c.relispopulated, pg_relation_size(c.oid), CASE WHEN c.relkind = 'm' THEN pg_get_viewdef(c.oid) END,
        ARRAY(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
              AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)::text[],
        ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
              AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)::text[],
        ARRAY(SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-             AND 'oid'::regtype IN (t.oid, t.typbasetype) ORDER BY a.attnum)::text[]
+             AND 'oid'::regtype IN (t.oid, t.typbasetype) ORDER BY a.attnum)::text[],
+       ARRAY(SELECT DISTINCT r.relname FROM pg_rewrite w
+             JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
+             JOIN pg_class r ON d.refclassid = 'pg_class'::regclass AND r.oid = d.refobjid
+             WHERE w.ev_class = c.oid AND r.oid <> c.oid AND r.relkind = 'm' AND r.relnamespace = c.relnamespace)::text[]
 FROM pg_class c
 WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p', 'm', 'f')
 ORDER BY 1
@@ -148,19 +156,20 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
     with endpoints.connect_source(autocommit=True) as source:
         schema = sql.Identifier(endpoints.source_schema).as_string(source)
         relations, oid_columns = [], []
-        for name, kind, populated, size, columns, types, oids in source.execute(_HOLDINGS, (schema,)).fetchall():
+        for name, kind, populated, size, query, columns, types, oids, reads in source.execute(_HOLDINGS, (schema,)).fetchall():
             if kind == "foreign table":
                 result.unchecked.append(f"foreign table {name}: its rows live on another server")
             elif kind == "materialized view" and not populated:
                 result.unchecked.append(f"materialized view {name}: not populated on the source")
             elif kind != "partitioned table":  # its rows are its partitions'
-                relations.append(Relation(name, kind, tuple(zip(columns, types)), size))
+                relations.append(Relation(name, kind, tuple(zip(columns, types)), size, query=query, reads=tuple(reads)))
                 oid_columns += [(name, column) for column in oids]
         sequences = source.execute(_SEQUENCE_POSITIONS, (schema,)).fetchall()
         referenced = _referenced_large_objects(source, endpoints.source_schema, oid_columns)
         source_objects = dict(large_objects.digests(source, referenced))
         source_positions = {name: _next_value(source, endpoints.source_schema, name) for name, _ in sequences}
-    result.relations = _compare(endpoints, relations, jobs)
+    stored = _compare(endpoints, [replace(r, query=None) for r in relations], jobs)
+    result.relations = _refreshed(endpoints, stored, relations, result.unchecked)
     with endpoints.connect_target(autocommit=True) as target:
         for name, increment in sequences:
             behind = _sequence_behind(target, endpoints.target_schema, name, increment, source_positions[name])
@@ -209,6 +218,42 @@ def _sequence_behind(conn: psycopg.Connection, schema: str, name: str, increment
     return None
 
 
+def _refreshed(
+    endpoints: Endpoints, verifications: list[TableVerification], relations: list[Relation], unchecked: list[str]
+) -> list[TableVerification]:
+    """Materialized views whose refreshed copy differs from the source's stored rows, checked against their query.
+
+    A view refreshed last night is stale on the source; its copy, refreshed
+    from the copied rows, must then equal what its query returns on the
+    frozen source. A view that reads a view stale on the source cannot be
+    checked so (its query would read the stale rows): it is reported
+    unchecked, never identical.
+    """
+    views = {r.name: r for r in relations if r.query is not None}
+    found = {v.table: v for v in verifications}
+    if all(found[name].identical for name in views):
+        return verifications
+    stale: set[str] = set()
+    method = _common_method(endpoints)
+    with endpoints.connect_source(autocommit=True) as source:
+        for name in TopologicalSorter({n: [r for r in v.reads if r in views] for n, v in views.items()}).static_order():
+            if found[name].identical:
+                continue
+            if read_stale := sorted(stale.intersection(views[name].reads)):
+                unchecked.append(
+                    f"materialized view {name}: reads {', '.join(read_stale)}, stale on the source;"
+                    " refreshed on the target from the copied rows"
+                )
+                del found[name]
+                stale.add(name)
+                continue
+            by_query = _checksum(source, endpoints.source_schema, views[name], method, "source")
+            if by_query == found[name].target:
+                found[name] = TableVerification(name, by_query, found[name].target, found[name].kind)
+                stale.add(name)
+    return [found[v.table] for v in verifications if v.table in found]
+
+
 def verify_tables(endpoints: Endpoints, tables: list[Table], jobs: int) -> list[TableVerification]:
     """Compare the copy's own list of tables on both sides (a partitioned table with all its partitions)."""
     return _compare(
@@ -226,8 +271,7 @@ def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int) -> list
     ordered = sorted(relations, key=lambda r: r.name)
     if not ordered:
         return []
-    methods = {_method(endpoints.connect_source), _method(endpoints.connect_target)}
-    method = MD5 if MD5 in methods else HASH
+    method = _common_method(endpoints)
     largest_first = sorted(ordered, key=lambda r: (-r.size_bytes, r.name))
     sides = {
         "source": (endpoints.connect_source, endpoints.source_schema),
@@ -248,7 +292,7 @@ def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int) -> list
                             return
                         relation = queues[side].pop()
                     try:
-                        sums[side, relation.name] = _checksum(conn, schema, relation, method, side == "target")
+                        sums[side, relation.name] = _checksum(conn, schema, relation, method, side)
                     except BaseException:
                         failed.set()
                         raise
@@ -268,28 +312,38 @@ def checksum(connect, schema: str, table: Table, method: str | None = None) -> C
     """
     relation = Relation(table.name, "table", tuple((c.name, c.type) for c in table.columns if not c.generated), 0, table.partitioned)
     with connect(autocommit=True) as conn:
-        return _checksum(conn, schema, relation, method or _server_method(conn))
+        return _checksum(conn, schema, relation, method or _server_method(conn), "source")
 
 
-def _checksum(
-    conn: psycopg.Connection, schema: str, relation: Relation, method: str, owned: bool = False
-) -> Checksum | None:
-    """None if the relation does not exist. ``owned``: the engine owns it (the target), so a FORCEd policy is lifted for the read."""
+def _checksum(conn: psycopg.Connection, schema: str, relation: Relation, method: str, side: str) -> Checksum | None:
+    """None if the relation does not exist.
+
+    On the target, which the engine owns, a FORCEd policy is lifted for the
+    read; on the source, a materialized view is read through its query.
+    """
     name = sql.Identifier(schema, relation.name)
+    columns = sql.SQL(", ").join(sql.Identifier(column) for column, _ in relation.columns)
+    if side == "source" and relation.query is not None:
+        # pg_get_viewdef() text, rendered by the source server itself; the alias list keeps the view's column names.
+        rows = sql.SQL("({}) AS {} ({})").format(
+            sql.SQL(relation.query.strip().rstrip(";")), sql.Identifier(relation.name), columns
+        )
+    else:
+        rows = own_rows(schema, relation.name, relation.partitioned)
     query = sql.SQL(_CHECKSUMS[method]).format(
-        columns=sql.SQL(", ").join(sql.Identifier(column) for column, _ in relation.columns),
+        columns=columns,
         values=sql.SQL(", ").join(_value(column, type_) for column, type_ in relation.columns),
-        table=own_rows(schema, relation.name, relation.partitioned),
+        table=rows,
     )
     with conn.transaction(force_rollback=True), conn.cursor() as cur:
         if not cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name.as_string(cur),)).fetchone()[0]:
             return None
-        if owned:
+        if side == "target":
             with as_stored.readable(cur, name):
-                rows, checksum = cur.execute(query).fetchone()
+                count, checksum = cur.execute(query).fetchone()
         else:
-            rows, checksum = cur.execute(query).fetchone()
-    return Checksum(rows, checksum)
+            count, checksum = cur.execute(query).fetchone()
+    return Checksum(count, checksum)
 
 
 def _value(name: str, type_: str) -> sql.Composable:
@@ -304,6 +358,12 @@ def _value(name: str, type_: str) -> sql.Composable:
     # ROW()::text would; a cast to text need not (char and its domains lose
     # trailing blanks). NULL stays NULL, apart from ''.
     return sql.SQL("CASE WHEN {0} IS NOT NULL THEN concat({0}) END").format(column)
+
+
+def _common_method(endpoints: Endpoints) -> str:
+    """The checksum both servers can compute."""
+    methods = {_method(endpoints.connect_source), _method(endpoints.connect_target)}
+    return MD5 if MD5 in methods else HASH
 
 
 def _method(connect) -> str:

@@ -18,6 +18,13 @@ Cross-service references: partner number ``i`` (1..scale) has the id
 candidate referral and campaign partner names a partner that exists in
 ``public.partners``.
 
+Today's shapes: an ``updated_at`` kept by a ``BEFORE UPDATE`` trigger in every
+service (the fill edits some rows after writing them, so it differs from
+``created_at``), campaign events in a table partitioned by month (a DEFAULT
+partition included), a materialized view refreshed once the tables are full,
+and recruiters' notes under row-level security (written, like everything
+here, as the tables' owner).
+
 Edge cases on purpose: NULL in every nullable column, empty strings, ``\\N``
 and control characters in text, accents, CJK, RTL and emoji (with ZWJ), empty
 arrays and arrays with NULL elements, JSON ``null``/``{}``/``[]``, numerics with
@@ -87,8 +94,9 @@ class Sizes:
     """Row-count drivers derived from ``scale`` (the number of partners).
 
     Child tables follow from these: 3 contacts per partner, ~1 onboarding
-    process per partner with 5 steps, ~1.5 applications per candidate, ~2
-    campaign partners per partner with ~3 days of metrics each, and so on.
+    process per partner with 5 steps, ~1.5 applications per candidate with
+    ~1.5 recruiter notes per screened one, ~2 campaign partners per partner
+    with ~3 days of metrics and ~4.5 tracking events each, and so on.
     """
 
     partners: int
@@ -1125,14 +1133,15 @@ def fill_shared_source(
     """Fill today's four schemas with generated data; return rows written per ``"schema.table"``.
 
     ``scale`` is the number of partners; the other tables grow in proportion
-    (about 34 rows in all per partner). The same ``(scale, seed)`` writes the
+    (about 46 rows in all per partner). The same ``(scale, seed)`` writes the
     same bytes. The schemas must exist (:func:`create_shared_source`) and be
     empty: a non-empty table is refused before anything is written.
 
     Runs in one transaction, committed at the end unless the caller already
-    holds one. Identity and serial sequences are moved past the largest id,
-    and the tables are analyzed. ``progress(table, rows)`` is called after each
-    table, if given.
+    holds one. Some rows are then edited (see ``_EDITS``), identity and serial
+    sequences are moved past the largest id, the materialized views are
+    refreshed, and tables and views are analyzed. ``progress(table, rows)`` is
+    called after each table, if given.
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")

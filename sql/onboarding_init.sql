@@ -25,6 +25,18 @@ BEGIN
 END
 $$;
 
+-- Stamps every change to a row with the time it was made. An UPDATE that sets
+-- updated_at itself (an import, a backfill, a replayed change) keeps its value.
+CREATE OR REPLACE FUNCTION onboarding.set_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 CREATE TABLE IF NOT EXISTS onboarding.onboarding_processes (
     id            uuid                      NOT NULL DEFAULT gen_random_uuid(),
     -- The partner lives in the Partner Management database after the split:
@@ -47,6 +59,9 @@ CREATE INDEX IF NOT EXISTS onboarding_processes_partner_id_idx
     ON onboarding.onboarding_processes (partner_id);
 CREATE INDEX IF NOT EXISTS onboarding_processes_status_idx
     ON onboarding.onboarding_processes (status) WHERE status <> 'completed';
+CREATE OR REPLACE TRIGGER onboarding_processes_set_updated_at
+    BEFORE UPDATE ON onboarding.onboarding_processes
+    FOR EACH ROW EXECUTE FUNCTION onboarding.set_updated_at();
 
 CREATE TABLE IF NOT EXISTS onboarding.onboarding_steps (
     id            bigint                 GENERATED ALWAYS AS IDENTITY,

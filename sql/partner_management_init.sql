@@ -22,6 +22,18 @@ BEGIN
 END
 $$;
 
+-- Stamps every change to a row with the time it was made. An UPDATE that sets
+-- updated_at itself (an import, a backfill, a replayed change) keeps its value.
+CREATE OR REPLACE FUNCTION public.set_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 -- A company or person HexaBuilders works with; the id is what every other
 -- service stores as partner_id.
 CREATE TABLE IF NOT EXISTS public.partners (
@@ -56,6 +68,9 @@ CREATE INDEX IF NOT EXISTS partners_status_idx ON public.partners (status);
 CREATE INDEX IF NOT EXISTS partners_created_at_idx ON public.partners (created_at);
 CREATE INDEX IF NOT EXISTS partners_skills_idx ON public.partners USING gin (skills);
 CREATE INDEX IF NOT EXISTS partners_legal_name_lower_idx ON public.partners (lower(legal_name));
+CREATE OR REPLACE TRIGGER partners_set_updated_at
+    BEFORE UPDATE ON public.partners
+    FOR EACH ROW EXECUTE FUNCTION public.set_updated_at();
 
 CREATE TABLE IF NOT EXISTS public.partner_contacts (
     id                  bigserial   NOT NULL,

@@ -10,7 +10,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .. import engine, references
-from ..catalog import read_catalog
+from ..catalog import Column, Table
 from ..connection import connect, one_line
 from ..sequences import highest_drawn
 from ..verify import Checksum, checksum
@@ -37,15 +37,57 @@ class ServiceRun:
     error: str | None = None
 
 
+# Every relation holding rows of its own, each with its own columns in its own
+# order, as verification lists them: tables, partitions, inheritance children
+# and populated materialized views. A partitioned table holds none (its rows
+# are its partitions'), so its partitions are checked one by one; the keys are
+# then those of the engine's report, which online mode takes at the freeze.
+_HOLDINGS = """
+SELECT c.relname,
+       ARRAY(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)::text[],
+       ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)::text[]
+FROM pg_class c
+WHERE c.relnamespace = %s::regnamespace AND (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated))
+ORDER BY 1
+"""
+
+# Everything a service could write to: its tables, and each partition (a write may address one directly).
+_WRITABLE = """
+SELECT c.relname FROM pg_class c
+WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p')
+ORDER BY 1
+"""
+
+_MATERIALIZED_VIEWS = "SELECT c.relname FROM pg_class c WHERE c.relnamespace = %s::regnamespace AND c.relkind = 'm' ORDER BY 1"
+
+
 def source_checksums(source: str, schemas: list[str]) -> dict[str, Checksum]:
-    """Per ``schema.table`` checksums of the shared instance, to show it unchanged later."""
+    """Per ``schema.relation`` checksums of the shared instance, to show it unchanged later."""
     sums = {}
     for schema in schemas:
         with connect(source, "source") as conn:
-            tables = read_catalog(conn, schema).tables.values()
-        for table in tables:
-            sums[f"{schema}.{table.name}"] = checksum(lambda **kw: connect(source, "source", **kw), schema, table)
+            relations = _holdings(conn, schema)
+        for relation in relations:
+            sums[f"{schema}.{relation.name}"] = checksum(lambda **kw: connect(source, "source", **kw), schema, relation)
     return sums
+
+
+def _holdings(conn: psycopg.Connection, schema: str) -> list[Table]:
+    """The relations of ``schema`` that hold rows of their own, read as their own rows only (``ONLY``)."""
+    return [
+        Table(
+            name=name,
+            columns=tuple(Column(column, type_, not_null=False, generated=False) for column, type_ in zip(columns, types)),
+            primary_key=(),
+            row_estimate=0,
+            size_bytes=0,
+            partitioned=False,
+            binary_copy=False,
+        )
+        for name, columns, types in conn.execute(_HOLDINGS, (sql.Identifier(schema).as_string(conn),)).fetchall()
+    ]
 
 
 def identical_copies(runs: list[ServiceRun], jobs: int) -> Criterion:
@@ -103,13 +145,17 @@ def _check_service_user(run: ServiceRun, others: list[ServiceRun]) -> list[str]:
             ).fetchone()
             if superuser or createrole or createdb:
                 problems.append(f"{user} has superuser, CREATEROLE or CREATEDB")
-            for table in read_catalog(conn, schema).tables.values():
-                target = sql.Identifier(schema, table.name)
+            namespace = sql.Identifier(schema).as_string(conn)
+            for (table,) in conn.execute(_WRITABLE, (namespace,)).fetchall():
+                target = sql.Identifier(schema, table)
                 # Privileges are checked even when no row matches, so nothing changes.
                 conn.execute(sql.SQL("SELECT FROM {} LIMIT 1").format(target))
                 conn.execute(sql.SQL("DELETE FROM {} WHERE false").format(target))
                 if not conn.execute("SELECT has_table_privilege(%s, 'INSERT, UPDATE')", (target.as_string(conn),)).fetchone()[0]:
-                    problems.append(f"{user} cannot insert into or update {schema}.{table.name}")
+                    problems.append(f"{user} cannot insert into or update {schema}.{table}")
+            # The service reads its materialized views too.
+            for (view,) in conn.execute(_MATERIALIZED_VIEWS, (namespace,)).fetchall():
+                conn.execute(sql.SQL("SELECT FROM {} LIMIT 1").format(sql.Identifier(schema, view)))
             conn.rollback()
     except psycopg.Error as error:
         problems.append(f"{user} cannot work in its database: {one_line(error)}")
@@ -147,12 +193,16 @@ def source_frozen_and_unchanged(source: str, runs: list[ServiceRun], before: Map
     for run in runs:
         schema = run.spec.source_schema
         with psycopg.connect(run.source_service_conninfo, autocommit=True) as conn:
-            for table in read_catalog(conn, schema).tables.values():
+            writable = [name for (name,) in conn.execute(_WRITABLE, (sql.Identifier(schema).as_string(conn),))]
+            taking = []
+            for table in writable:
                 try:
-                    conn.execute(sql.SQL("DELETE FROM {} WHERE false").format(sql.Identifier(schema, table.name)))
-                    problems.append(f"{schema}.{table.name} takes writes")
+                    conn.execute(sql.SQL("DELETE FROM {} WHERE false").format(sql.Identifier(schema, table)))
+                    taking.append(table)
                 except psycopg.errors.ReadOnlySqlTransaction:
                     refused += 1
+            if taking:
+                problems.append(f"{schema}: {len(taking)} of {len(writable)} tables take writes ({', '.join(taking)})")
     after = source_checksums(source, [run.spec.source_schema for run in runs])
     problems += [f"{name} changed" for name in sorted(before) if after.get(name) != before[name]]
     figure = "; ".join(problems) if problems else f"{refused} tables refuse writes; {len(before)} checksums unchanged"

@@ -1,9 +1,10 @@
 """A service that keeps writing to the shared instance while it migrates.
 
-Inserts into onboarding's event log, updates onboarding processes and
-partners, each write carrying a fresh token, and remembers which writes the
-server acknowledged and how many it refused (the freeze). ``lost`` then looks
-for every acknowledged write in the new databases.
+Inserts into onboarding's event log and campaign management's partitioned
+tracking events, updates onboarding processes, partners and candidates (their
+updated_at triggers fire), each write carrying a fresh token, and remembers
+which writes the server acknowledged and how many it refused (the freeze).
+``lost`` then looks for every acknowledged write in the new databases.
 """
 
 from __future__ import annotations
@@ -44,6 +45,21 @@ WRITES = (
         "SELECT id FROM public.partners ORDER BY id LIMIT 50",
         "UPDATE public.partners SET notes = %(token)s WHERE id = %(key)s RETURNING id",
         "SELECT notes FROM public.partners WHERE id = %s",
+    ),
+    Write(
+        "recruitment",
+        "SELECT id FROM recruitment.candidates ORDER BY id LIMIT 50",
+        "UPDATE recruitment.candidates SET profile = profile || jsonb_build_object('live_token', %(token)s::text)"
+        " WHERE id = %(key)s RETURNING id",
+        "SELECT profile->>'live_token' FROM recruitment.candidates WHERE id = %s",
+    ),
+    # Routed by the partitioned table: events of today fall in its DEFAULT partition.
+    Write(
+        "campaign_management",
+        "SELECT id FROM campaign_management.campaigns ORDER BY id LIMIT 50",
+        "INSERT INTO campaign_management.campaign_events (campaign_id, event_type, occurred_at, properties)"
+        " VALUES (%(key)s, 'click', now(), jsonb_build_object('token', %(token)s::text)) RETURNING id",
+        "SELECT properties->>'token' FROM campaign_management.campaign_events WHERE id = %s",
     ),
 )
 

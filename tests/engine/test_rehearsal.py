@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 from rich.console import Console
 
 from migrations import cli
@@ -64,6 +65,71 @@ def test_the_rehearsal_names_its_servers_without_passwords_and_stops_them():
         assert parts.hostname == "127.0.0.1" and parts.password is None
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(host=parts.hostname, port=parts.port, dbname="postgres", connect_timeout=2)
+
+
+def _todays_shapes(conninfo: str, schema: str) -> dict[str, list[tuple]]:
+    """What the rehearsal's source adds to plain tables, as one database holds it in ``schema``."""
+    queries = {
+        "updated_at triggers": """
+            SELECT c.relname, t.tgname, t.tgenabled::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+            WHERE c.relnamespace = %(schema)s::regnamespace AND NOT t.tgisinternal AND t.tgname LIKE '%%set_updated_at'
+            ORDER BY 1, 2""",
+        "foreign keys of partitions": """
+            SELECT c.relname, f.conname FROM pg_constraint f JOIN pg_class c ON c.oid = f.conrelid
+            WHERE c.relnamespace = %(schema)s::regnamespace AND f.contype = 'f' AND c.relispartition
+              AND f.conparentid = 0
+            ORDER BY 1, 2""",
+        "materialized views": """
+            SELECT matviewname, ispopulated FROM pg_matviews WHERE schemaname = %(schema)s ORDER BY 1""",
+        "row-level security": """
+            SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, count(p.oid)
+            FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid
+            WHERE c.relnamespace = %(schema)s::regnamespace GROUP BY 1, 2, 3 ORDER BY 1""",
+    }
+    with psycopg.connect(conninfo) as conn:
+        return {kind: conn.execute(query, {"schema": schema}).fetchall() for kind, query in queries.items()}
+
+
+def _stamps_on_update(conninfo: str, schema: str, tables: list[str]) -> list[bool]:
+    """Whether an update of one row of each table gets updated_at = now() from its trigger (rolled back)."""
+    with psycopg.connect(conninfo) as conn:
+        stamped = [
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {table} SET created_at = created_at WHERE id = (SELECT id FROM {table} ORDER BY id LIMIT 1)"
+                    " RETURNING updated_at = now()"
+                ).format(table=sql.Identifier(schema, table))
+            ).fetchone()[0]
+            for table in tables
+        ]
+        conn.rollback()
+    return stamped
+
+
+def test_the_new_databases_keep_todays_triggers_partitions_materialized_view_and_policies():
+    seen: dict[str, tuple[dict, dict, list[bool]]] = {}
+
+    def look(runs):
+        for run in runs:
+            schema = run.spec.source_schema
+            source = _todays_shapes(run.endpoints.source, schema)
+            tables = [table for table, _, _ in source["updated_at triggers"]]
+            # The service's own update fires its trigger on the new database.
+            stamped = _stamps_on_update(run.service_conninfo, schema, tables)
+            seen[schema] = (source, _todays_shapes(run.endpoints.target, schema), stamped)
+
+    report = rehearse(Options(scale=60, seed=5), Console(file=io.StringIO()), tamper=look)
+
+    identical = next(c for c in report.criteria if c.name == "every database holds exactly what its schema held")
+    assert identical.passed, identical.figure
+    assert set(seen) == {"public", "onboarding", "recruitment", "campaign_management"}
+    for schema, (source, target, stamped) in seen.items():
+        assert target == source, schema
+        assert stamped and all(stamped), schema
+    campaigns = seen["campaign_management"][1]
+    assert len(campaigns["foreign keys of partitions"]) >= 2 * 4
+    assert campaigns["materialized views"] == [("campaign_performance", True)]
+    assert seen["recruitment"][1]["row-level security"] == [("candidate_notes", True, False, 2)]
 
 
 def test_the_online_rehearsal_loses_no_acknowledged_write():

@@ -7,6 +7,7 @@ at a small scale so the module takes a few seconds.
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -72,19 +73,70 @@ def catalog_snapshot(conn: psycopg.Connection, schemas: list[str]) -> dict[str, 
         "sequences": """
             SELECT schemaname, sequencename, data_type::text, start_value, increment_by, last_value
             FROM pg_catalog.pg_sequences WHERE schemaname = ANY(%(s)s) ORDER BY 1, 2""",
+        "partitions": """
+            SELECT c.oid::bigint, n.nspname, c.relname, pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = ANY(%(s)s) AND c.relispartition ORDER BY 2, 3""",
+        "functions": """
+            SELECT p.oid::bigint, n.nspname, p.proname, p.prosrc
+            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = ANY(%(s)s) ORDER BY 2, 3""",
+        "triggers": """
+            SELECT t.oid::bigint, n.nspname, t.tgname, t.tgenabled::text, pg_catalog.pg_get_triggerdef(t.oid)
+            FROM pg_catalog.pg_trigger t
+            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = ANY(%(s)s) AND NOT t.tgisinternal ORDER BY 2, 3""",
+        "row_security": """
+            SELECT n.nspname, c.relname, c.relrowsecurity, c.relforcerowsecurity, p.oid::bigint, p.polname,
+                   p.polcmd::text, pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+                   pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+            FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_catalog.pg_policy p ON p.polrelid = c.oid
+            WHERE n.nspname = ANY(%(s)s) AND (c.relrowsecurity OR p.oid IS NOT NULL) ORDER BY 1, 2, 6""",
+        "materialized_views": """
+            SELECT c.oid::bigint, n.nspname, c.relname, c.relispopulated, pg_catalog.pg_get_viewdef(c.oid)
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = ANY(%(s)s) AND c.relkind = 'm' ORDER BY 2, 3""",
     }
     return {name: conn.execute(query, {"s": schemas}).fetchall() for name, query in queries.items()}
 
 
 def tables_of(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """The tables the fill writes to: plain and partitioned ones (a partition's rows are its parent's)."""
     return conn.execute(
         """
         SELECT n.nspname, c.relname
         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = ANY(%s) AND c.relkind = 'r' ORDER BY 1, 2
+        WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1, 2
         """,
         (list(SCHEMAS),),
     ).fetchall()
+
+
+def partitions_of(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    """The partitions of ``schema.table``, by name."""
+    rows = conn.execute(
+        """
+        SELECT c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = (pg_catalog.quote_ident(%s) || '.' || pg_catalog.quote_ident(%s))::regclass
+        ORDER BY 1
+        """,
+        (schema, table),
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+# Tables whose updated_at a BEFORE UPDATE trigger keeps, per service (the fill edits some of their rows).
+UPDATED_AT_TABLES = [
+    ("public", "partners"),
+    ("onboarding", "onboarding_processes"),
+    ("recruitment", "job_postings"),
+    ("recruitment", "candidates"),
+    ("recruitment", "candidate_notes"),
+    ("campaign_management", "campaigns"),
+]
 
 
 def primary_key(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
@@ -156,12 +208,14 @@ def test_init_script_applies_to_an_empty_database_and_reapplying_changes_nothing
         conn.commit()
         assert catalog_snapshot(conn, [schema]) == first
 
-    tables = [(s, t) for (_, s, t, kind, _) in first["relations"] if kind == "r"]
+    # Plain tables, partitioned tables and their partitions.
+    tables = [(s, t) for (_, s, t, kind, _) in first["relations"] if kind in ("r", "p")]
     assert len(tables) >= 4
     assert all(s == schema for s, _ in tables)
     assert any(kind == "e" for (_, s, _, kind, _) in first["types"]), "an enum type in the service's schema"
     primary_keys = {name for (_, _, name, kind, _) in first["constraints"] if kind == "p"}
-    assert len(primary_keys) == len(tables), "every table has a primary key"
+    assert len(primary_keys) == len(tables), "every table (and every partition) has a primary key"
+    assert any("BEFORE UPDATE" in definition for (*_, definition) in first["triggers"]), "an updated_at trigger"
 
 
 @pytest.mark.parametrize("schema", SCHEMAS)
@@ -173,8 +227,13 @@ def test_init_script_leaves_grants_ownership_and_transactions_to_the_engine(sche
     assert script.startswith("--"), "a header comment"
     if schema != "public":
         assert re.search(rf"CREATE SCHEMA IF NOT EXISTS {schema};", code)
-    for statement in re.findall(r"CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|SCHEMA)\b[^;(]*", code):
+    for statement in re.findall(r"CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|SCHEMA|MATERIALIZED\s+VIEW)\b[^;(]*", code):
         assert "IF NOT EXISTS" in statement, statement
+    for statement in re.findall(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|TRIGGER)\b", code):
+        assert "OR REPLACE" in statement, statement
+    # A FORCEd policy would hide rows from the owner too: the migration, reading
+    # the shared instance as the tables' owner, would be refused.
+    assert not re.search(r"\bFORCE\s+ROW\s+LEVEL\s+SECURITY\b", code, re.IGNORECASE)
 
 
 def test_the_four_scripts_together_give_todays_shared_layout(source_server, new_database) -> None:
@@ -221,6 +280,62 @@ def test_the_four_scripts_together_give_todays_shared_layout(source_server, new_
         assert any((row[7] or "").startswith("nextval(") for row in snapshot["columns"]), "a serial column"
 
 
+def test_the_shared_layout_has_todays_realistic_shapes(source_server, new_database) -> None:
+    with shared_source(new_database(source_server, "shapes")) as conn:
+        # Every service keeps an updated_at with a BEFORE UPDATE row trigger of its own schema.
+        triggers = conn.execute(
+            """
+            SELECT n.nspname, c.relname FROM pg_catalog.pg_trigger t
+            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'updated_at'
+            WHERE n.nspname = ANY(%s) AND NOT t.tgisinternal AND t.tgenabled = 'O'
+              AND f.pronamespace = c.relnamespace
+              AND pg_catalog.pg_get_triggerdef(t.oid) LIKE '%%BEFORE UPDATE ON %% FOR EACH ROW %%'
+            ORDER BY 1, 2
+            """,
+            (list(SCHEMAS),),
+        ).fetchall()
+        assert sorted(triggers) == sorted(UPDATED_AT_TABLES)
+        assert {schema for schema, _ in triggers} == set(SCHEMAS)
+
+        # A range-partitioned table: monthly partitions and a DEFAULT one, the primary key on
+        # the partitioned table, the foreign keys declared on each partition (none inherited).
+        partitions = partitions_of(conn, "campaign_management", "campaign_events")
+        assert len(partitions) >= 4 and "campaign_events_default" in partitions
+        assert primary_key(conn, "campaign_management", "campaign_events") == ["id", "occurred_at"]
+        foreign_keys = conn.execute(
+            """
+            SELECT c.relname, count(*), bool_and(co.conparentid = 0)
+            FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
+            WHERE co.contype = 'f' AND c.relnamespace = 'campaign_management'::regnamespace
+              AND c.relname LIKE 'campaign\\_events%'
+            GROUP BY 1 ORDER BY 1
+            """
+        ).fetchall()
+        assert foreign_keys == [(name, 2, True) for name in partitions]
+        assert scalar(
+            conn,
+            "SELECT count(*) FROM pg_catalog.pg_index WHERE indrelid = 'campaign_management.campaign_events_default'::regclass"
+            " AND NOT EXISTS (SELECT FROM pg_catalog.pg_inherits WHERE inhrelid = indexrelid)",
+        ) == 1, "an index of the DEFAULT partition's own"
+
+        # A materialized view, unpopulated until the fill refreshes it, with a unique index.
+        assert conn.execute(
+            "SELECT c.relispopulated, i.indisunique FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_index i ON i.indrelid = c.oid"
+            " WHERE c.oid = 'campaign_management.campaign_performance'::regclass"
+        ).fetchall() == [(False, True)]
+
+        # Row-level security, not FORCEd (the owner reads every row), with policies.
+        assert conn.execute(
+            "SELECT c.relrowsecurity, c.relforcerowsecurity, count(p.oid) FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_policy p ON p.polrelid = c.oid"
+            " WHERE c.oid = 'recruitment.candidate_notes'::regclass GROUP BY 1, 2"
+        ).fetchall() == [(True, False, 2)]
+
+
 # --------------------------------------------------------------------------
 # fill
 # --------------------------------------------------------------------------
@@ -249,6 +364,45 @@ def test_fill_writes_proportional_counts_and_moves_sequences(source_server, new_
         assert counts["public.partner_contacts"] == 3 * SCALE
         assert counts["onboarding.onboarding_steps"] == 5 * counts["onboarding.onboarding_processes"]
         assert 0.7 * SCALE <= counts["onboarding.onboarding_processes"] <= 1.3 * SCALE
+        # 1 to 8 tracking events per campaign partner, routed to every partition;
+        # the DEFAULT one holds those outside the months created, and only those.
+        assert 2 * counts["campaign_management.campaign_partners"] <= counts["campaign_management.campaign_events"] \
+            <= 7 * counts["campaign_management.campaign_partners"]
+        per_partition = dict(conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM campaign_management.campaign_events GROUP BY 1"
+        ).fetchall())
+        partitions = partitions_of(conn, "campaign_management", "campaign_events")
+        assert sorted(per_partition) == [f"campaign_management.{name}" for name in partitions]
+        assert min(per_partition.values()) > 0
+        assert per_partition["campaign_management.campaign_events_default"] == scalar(
+            conn,
+            "SELECT count(*) FROM campaign_management.campaign_events"
+            " WHERE occurred_at < '2024-07-01 00:00+00' OR occurred_at >= '2025-01-01 00:00+00'",
+        )
+        # Events exactly on a month's first instant belong to that month's partition.
+        on_boundary, misplaced = conn.execute(
+            """
+            SELECT count(*), count(*) FILTER (WHERE tableoid::regclass::text <> 'campaign_management.campaign_events_'
+                                                      || to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY_MM'))
+            FROM campaign_management.campaign_events
+            WHERE occurred_at AT TIME ZONE 'UTC' = date_trunc('month', occurred_at AT TIME ZONE 'UTC')
+              AND occurred_at >= '2024-07-01 00:00+00' AND occurred_at < '2025-01-01 00:00+00'
+            """
+        ).fetchone()  # type: ignore[misc]
+        assert on_boundary > 0 and misplaced == 0
+        # Notes on screened candidates, some private to their recruiter, some for the team.
+        assert counts["recruitment.candidate_notes"] > 0
+        assert scalar(
+            conn, "SELECT count(DISTINCT visibility) + count(DISTINCT recruiter) FROM recruitment.candidate_notes"
+        ) >= 2 + 4
+
+        # The materialized view is populated: one row per campaign, its totals those of the tables.
+        assert scalar(conn, "SELECT count(*) FROM campaign_management.campaign_performance") == counts[
+            "campaign_management.campaigns"
+        ]
+        assert scalar(conn, "SELECT sum(tracked_events) FROM campaign_management.campaign_performance") == counts[
+            "campaign_management.campaign_events"
+        ]
 
         # Every identity/serial sequence hands out an id past the column's max.
         columns = conn.execute(
@@ -285,10 +439,14 @@ def test_fill_exercises_nulls_unicode_large_values_and_edge_cases(source_server,
     conn, _ = filled(new_database(source_server, "edges"), seed=3)
     with conn:
         # NULL (and a value) in every nullable column.
+        # Partitions are checked through their partitioned table: it reads all of them.
         nullable = conn.execute(
             """
             SELECT table_schema, table_name, column_name FROM information_schema.columns
-            WHERE table_schema = ANY(%s) AND is_nullable = 'YES' ORDER BY 1, 2, 3
+            WHERE table_schema = ANY(%s) AND is_nullable = 'YES'
+              AND NOT (SELECT relispartition FROM pg_catalog.pg_class
+                       WHERE oid = (pg_catalog.quote_ident(table_schema) || '.' || pg_catalog.quote_ident(table_name))::regclass)
+            ORDER BY 1, 2, 3
             """,
             (list(SCHEMAS),),
         ).fetchall()
@@ -351,6 +509,65 @@ def test_fill_exercises_nulls_unicode_large_values_and_edge_cases(source_server,
             " count(DISTINCT extract(minute FROM created_at)) FROM public.partners"
         ).fetchone()  # type: ignore[misc]
         assert span.days > 3 * 365 and fractional > 0 and minutes > 10
+
+
+def test_fill_edits_rows_through_their_updated_at_trigger(source_server, new_database) -> None:
+    conn, _ = filled(new_database(source_server, "edits"), seed=5)
+    with conn:
+        for schema, table in UPDATED_AT_TABLES:
+            edited, untouched, earlier = conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FILTER (WHERE updated_at > created_at), count(*) FILTER (WHERE updated_at = created_at),"
+                    " count(*) FILTER (WHERE updated_at < created_at) FROM {}"
+                ).format(sql.Identifier(schema, table))
+            ).fetchone()  # type: ignore[misc]
+            assert edited > 0 and untouched > 0 and earlier == 0, (schema, table, edited, untouched, earlier)
+        assert scalar(conn, "SELECT bool_and(updated_at > created_at) FROM recruitment.candidate_notes WHERE pinned")
+
+        # The trigger stamps the service's own updates, and keeps an updated_at the update sets itself.
+        for schema, table in UPDATED_AT_TABLES:
+            target = sql.Identifier(schema, table)
+            first = scalar(conn, sql.SQL("SELECT min(id::text) FROM {}").format(target))
+            stamped = scalar(
+                conn,
+                sql.SQL("UPDATE {} SET created_at = created_at WHERE id::text = %s RETURNING updated_at = now()").format(target),
+                (first,),
+            )
+            kept = scalar(
+                conn,
+                sql.SQL(
+                    "UPDATE {} SET updated_at = '2001-02-03 04:05:06+00' WHERE id::text = %s"
+                    " RETURNING updated_at = '2001-02-03 04:05:06+00'"
+                ).format(target),
+                (first,),
+            )
+            assert stamped and kept, (schema, table)
+        conn.rollback()
+
+
+def test_candidate_notes_are_filtered_per_recruiter_but_their_owner_reads_them_all(source_server, new_database) -> None:
+    conn, counts = filled(new_database(source_server, "notes"), seed=9)
+    reader = f"notes_reader_{uuid.uuid4().hex[:8]}"
+    with conn:
+        # The owner (here a superuser, as the rehearsal's migration reads) sees every note.
+        assert scalar(conn, "SELECT count(*) FROM recruitment.candidate_notes") == counts["recruitment.candidate_notes"]
+        recruiter, own, team = conn.execute(
+            "SELECT recruiter, count(*), (SELECT count(*) FROM recruitment.candidate_notes WHERE visibility = 'team')"
+            " FROM recruitment.candidate_notes WHERE visibility = 'private' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+        # Another role (the service's, today) sees the team's notes, and its recruiter's own.
+        # All in one transaction, rolled back: the role is gone afterwards.
+        try:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(reader)))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA recruitment TO {}").format(sql.Identifier(reader)))
+            conn.execute(sql.SQL("GRANT SELECT ON recruitment.candidate_notes TO {}").format(sql.Identifier(reader)))
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(reader)))
+            conn.execute("SET LOCAL row_security = on")  # the engine's sessions run with it off: fail, not filter
+            assert scalar(conn, "SELECT count(*) FROM recruitment.candidate_notes") == team
+            conn.execute("SELECT pg_catalog.set_config('recruitment.recruiter', %s, true)", (recruiter,))
+            assert scalar(conn, "SELECT count(*) FROM recruitment.candidate_notes") == team + own
+        finally:
+            conn.rollback()
 
 
 def test_fill_names_only_partners_that_exist(source_server, new_database) -> None:

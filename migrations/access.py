@@ -51,3 +51,23 @@ def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) ->
     oids = large_objects.referenced(source, schema, large_objects.columns(source, schema))
     large_objects.refuse_unreadable(source, schema, oids, identity)
     return oids
+
+
+# Tables whose policies applied to ``role`` on the source: FORCEd, or owned by
+# another role it has no privileges of, with no BYPASSRLS. A role the source
+# does not know is taken as restricted.
+_POLICED = """
+SELECT c.relname FROM pg_class c
+WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p') AND c.relrowsecurity
+  AND (c.relforcerowsecurity
+       OR NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = %(role)s
+                      AND (r.rolsuper OR r.rolbypassrls OR pg_has_role(r.oid, c.relowner, 'USAGE'))))
+ORDER BY 1
+"""
+
+
+def policed_tables(source: psycopg.Connection, schema: str, role: str) -> list[str]:
+    """The tables of ``schema`` whose row-level security policies applied to the service's ``role`` on the source."""
+    params = {"schema": sql.Identifier(schema).as_string(source), "role": role}
+    return [name for (name,) in source.execute(_POLICED, params).fetchall()]
+

@@ -78,6 +78,7 @@ class Catalog:
     materialized_views: dict[str, MaterializedView] = field(default_factory=dict)
     triggers: dict[str, str] = field(default_factory=dict)  # "table.trigger" -> definition and state
     policies: dict[str, str] = field(default_factory=dict)  # "table.policy" -> definition
+    row_security: dict[str, bool] = field(default_factory=dict)  # table with policies enabled -> FORCEd
 
 
 _TABLES = """
@@ -151,10 +152,14 @@ WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal AND t.tgparentid 
 _POLICIES = """
 SELECT c.relname || '.' || p.polname,
        concat_ws(' ', p.polcmd, CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
-                 'USING', pg_get_expr(p.polqual, p.polrelid), 'CHECK', pg_get_expr(p.polwithcheck, p.polrelid),
-                 CASE WHEN c.relrowsecurity THEN 'enabled' END, CASE WHEN c.relforcerowsecurity THEN 'forced' END)
+                 'USING', pg_get_expr(p.polqual, p.polrelid), 'CHECK', pg_get_expr(p.polwithcheck, p.polrelid))
 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
 WHERE c.relnamespace = %s::regnamespace
+"""
+
+_ROW_SECURITY = """
+SELECT relname, relforcerowsecurity FROM pg_class
+WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p') AND relrowsecurity
 """
 
 
@@ -193,6 +198,7 @@ def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
         }
         triggers = {name: _unqualified(definition, quoted_schema) for name, definition in cur.execute(_TRIGGERS, (namespace, FREEZE_TRIGGER))}
         policies = dict(cur.execute(_POLICIES, (namespace,)).fetchall())
+        row_security = dict(cur.execute(_ROW_SECURITY, (namespace,)).fetchall())
 
     tables = {
         name: Table(
@@ -206,7 +212,7 @@ def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
         )
         for oid, (name, rows, size, partitioned) in names.items()
     }
-    return Catalog(schema, True, tables, sequences, partitions, materialized_views, triggers, policies)
+    return Catalog(schema, True, tables, sequences, partitions, materialized_views, triggers, policies, row_security)
 
 
 def _unqualified(definition: str, quoted_schema: str) -> str:
@@ -232,6 +238,14 @@ def compare(source: Catalog, target: Catalog) -> list[str]:
         ("policy", source.policies, target.policies),
     ):
         differences.extend(_compare_definitions(kind, ours, theirs))
+    differences += [f"row-level security of {name} is enabled in the source only" for name in sorted(source.row_security.keys() - target.row_security.keys())]
+    differences += [f"row-level security of {name} is enabled in the target only" for name in sorted(target.row_security.keys() - source.row_security.keys())]
+    # The target may force a policy the source did not: see engine.hand_over.
+    differences += [
+        f"row-level security of {name} is FORCEd in the source only"
+        for name, forced in sorted(source.row_security.items())
+        if forced and not target.row_security.get(name, True)
+    ]
     return differences
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import psycopg
@@ -149,7 +150,8 @@ def migrate(
                     if report.verified:
                         state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
                         if service_user:
-                            hand_over(cur, endpoints.target_schema, service_user)
+                            policed = access.policed_tables(source, endpoints.source_schema, service_user)
+                            hand_over(cur, endpoints.target_schema, service_user, policed)
                 if not report.verified:
                     orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
                     raise VerificationFailed(report.mismatched + orphaned)
@@ -308,11 +310,18 @@ def evolve(endpoints: Endpoints, *, init_sql: str, service_user: str | None = No
             hand_over(cur, endpoints.target_schema, service_user)
 
 
-def hand_over(cur: psycopg.Cursor, schema: str, service_user: str) -> None:
-    """The service owns its schema and everything in it, and nothing else; checked."""
+def hand_over(cur: psycopg.Cursor, schema: str, service_user: str, policed: Sequence[str] = ()) -> None:
+    """The service owns its schema and everything in it, and nothing else; checked.
+
+    ``policed`` are the tables whose policies applied to the service on the
+    shared instance, where it did not own them: as their owner now, it would
+    bypass them, so they are FORCEd.
+    """
     _grant(cur, schema, service_user)
     privileges.hand_over(cur, schema, service_user)
     large_objects.hand_over(cur, schema, service_user)
+    for table in policed:
+        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, table)))
     privileges.verify(cur, schema, service_user)
 
 

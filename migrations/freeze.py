@@ -2,7 +2,9 @@
 
 A statement trigger on every table refuses INSERT, UPDATE, DELETE and TRUNCATE
 from everyone, table owners and superusers included, so a write cannot slip in
-between the copy's snapshot and the cutover. Creating the triggers waits for
+between the copy's snapshot and the cutover. Partitions get one each: a
+partitioned table's statement trigger does not fire for a write addressed to
+one of its partitions. Creating the triggers waits for
 the writes already under way to commit, so the copy sees all of them. Lifting
 the freeze drops the triggers; nothing else in the schema is touched.
 """
@@ -33,7 +35,7 @@ SELECT c.relname, EXISTS (
   SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = %(trigger)s
 )
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
 ORDER BY c.relname
 """
 

@@ -167,12 +167,13 @@ def cutover(
             report.freeze_window_seconds = round(window, 3)
             log.info("cut over %s: writes were frozen for %.2f s", endpoints.target_identity, window)
             stop_replication(endpoints)
-            engine.analyze(endpoints, list(catalog.tables), jobs)
+            engine.analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
             with target.transaction(), target.cursor() as cur:
                 state.record_cutover(cur, endpoints.target_schema)
                 state.record_verification(cur, endpoints.target_schema, report.to_dict())
                 if service_user:
-                    engine.hand_over(cur, endpoints.target_schema, service_user)
+                    policed = access.policed_tables(source, endpoints.source_schema, service_user)
+                    engine.hand_over(cur, endpoints.target_schema, service_user, policed)
     return report
 
 

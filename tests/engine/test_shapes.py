@@ -792,6 +792,30 @@ def test_a_policy_enabled_and_forced_on_the_target_lets_the_copy_land_every_row(
     assert fetch(migrated.target, "SELECT count(*) FROM rls.tenant_note") == [(4000,)]
 
 
+def test_a_policy_that_restricted_the_service_still_restricts_it_on_the_target(lab: Lab, target_server) -> None:
+    """On the shared instance the service does not own the table, so the policy applies to it; in its new
+    database it owns the table, so the policy must be FORCEd to keep applying."""
+    shape = rls_shape(force=False)
+    source = lab.source(shape)
+    service = lab.role(target_server, "notes_user")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(service)))
+        lab.roles.append((lab.source_server, service))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA rls TO {0}; GRANT SELECT ON ALL TABLES IN SCHEMA rls TO {0}").format(
+            sql.Identifier(service)))
+        conn.execute("UPDATE rls.tenant_note SET author = %s WHERE id %% 10 = 0", (service,))
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(service)))
+        on_source = conn.execute("SELECT count(*) FROM rls.tenant_note").fetchone()[0]
+    assert on_source == 400
+
+    migrated = migrate_and_compare(lab, shape, source=source, service_user=service)
+
+    with psycopg.connect(as_user(migrated.target, service)) as conn:
+        assert conn.execute("SELECT count(*) FROM rls.tenant_note").fetchone()[0] == on_source
+        assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'tenant_note'").fetchone()[0] == service
+
+
 def blob_source(lab: Lab, withheld: str | None = None) -> tuple[str, str, set[int]]:
     """BLOBS on a new source and a migration role with SELECT on every referenced large
     object but the one ``withheld`` selects; (source, migration role conninfo, referenced)."""

@@ -16,7 +16,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from migrations.localserver import LocalServerError
+from migrations.rehearsal.localserver import LocalServerError
 
 from . import tools
 from .run import Options, run

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 
-from migrations.localserver import LocalServer, LocalServerError
+from migrations.rehearsal.localserver import LocalServer, LocalServerError
 from migrations.parallel import run_all
 
 from . import compare, dataset, measure, tools

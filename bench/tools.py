@@ -22,7 +22,7 @@ from psycopg import sql
 
 from migrations.catalog import read_catalog
 from migrations.freeze import unfreeze
-from migrations.localserver import LocalServer
+from migrations.rehearsal.localserver import LocalServer
 from migrations.parallel import run_all
 
 from . import measure
@@ -306,7 +306,7 @@ ALL: tuple[type[Tool], ...] = (Engine, PgDumpRestore, PgDumpRestoreUncompressed,
 
 
 def _path() -> str:
-    from migrations.localserver import find_bindir
+    from migrations.rehearsal.localserver import find_bindir
 
     return os.pathsep.join([str(find_bindir()), os.environ.get("PATH", "/usr/bin:/bin")])
 

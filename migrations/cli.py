@@ -25,7 +25,7 @@ from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .extensions import CLOUD_SQL_EXTENSIONS
 from .freeze import freeze, unfreeze
 from .init_sql import schema_of_record
-from .localserver import LocalServerError
+from .rehearsal.localserver import LocalServerError
 from .rehearsal import Options, rehearse
 from .state import OFFLINE, ONLINE
 

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from migrations import privileges
-from migrations.localserver import LocalServer
+from migrations.rehearsal.localserver import LocalServer
 from tests.support import Service, create_database
 
 ADMIN_ROLE = privileges.CLOUD_SQL_ADMIN_ROLE

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migrations.localserver import LocalServer
-from migrations.sample_data import create_shared_source, fill_shared_source, grant_service_role
+from migrations.rehearsal.localserver import LocalServer
+from migrations.rehearsal.sample_data import create_shared_source, fill_shared_source, grant_service_role
 from tests.cloud_sql import ADMIN_ROLE, CloudTarget
 from tests.support import ROOT, SERVICE_PASSWORD, SERVICES, Service, create_database, drop_database
 

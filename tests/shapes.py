@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from migrations.freeze import FREEZE_TRIGGER, unfrozen_tables
-from migrations.localserver import LocalServer
+from migrations.rehearsal.localserver import LocalServer
 from tests.support import ROOT, create_database, drop_database
 
 READ_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c row_security=off"

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from migrations.connection import Endpoints
-from migrations.localserver import LocalServer
+from migrations.rehearsal.localserver import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,13 +27,13 @@ from rich.markup import escape
 from .. import engine, online
 from ..connection import Endpoints
 from ..errors import MigrationError
-from ..localserver import LocalServer, free_port
 from ..state import OFFLINE, ONLINE
 from ..verify import Checksum
-from ..sample_data import create_shared_source, fill_shared_source, grant_service_role
 from . import criteria
 from .criteria import Criterion, ServiceRun
+from .localserver import LocalServer, free_port
 from .progress import make_progress, observer_for
+from .sample_data import create_shared_source, fill_shared_source, grant_service_role
 from .services import ServiceSpec, services_from_stack
 from .writer import LiveWriter
 

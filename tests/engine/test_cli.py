@@ -12,7 +12,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from migrations.freeze import unfrozen_tables
-from migrations.localserver import free_port
+from migrations.rehearsal.localserver import free_port
 
 from tests.support import ROOT, SERVICES
 

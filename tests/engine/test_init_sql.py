@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from migrations.errors import MigrationError
 from migrations.init_sql import prepare, schema_of_record
-from migrations.localserver import LocalServer
+from migrations.rehearsal.localserver import LocalServer
 from tests.public_schemas.clients import load_schema_file
 from tests.support import ROOT, create_database, drop_database
 

@@ -1,4 +1,4 @@
-"""migrations.localserver: throwaway PostgreSQL servers on 127.0.0.1."""
+"""migrations.rehearsal.localserver: throwaway PostgreSQL servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migrations import localserver
-from migrations.localserver import LocalServer, LocalServerError, find_bindir, free_port
+from migrations.rehearsal import localserver
+from migrations.rehearsal.localserver import LocalServer, LocalServerError, find_bindir, free_port
 
 
 def test_source_server_accepts_the_superuser_on_loopback(source_server: LocalServer) -> None:

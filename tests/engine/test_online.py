@@ -13,7 +13,7 @@ from migrations import online
 from migrations.errors import MigrationError
 from migrations.freeze import unfrozen_tables
 from migrations.rehearsal.writer import LiveWriter
-from migrations.sample_data import create_shared_source, fill_shared_source
+from migrations.rehearsal.sample_data import create_shared_source, fill_shared_source
 from tests.support import ROOT, SERVICES, endpoints_for, table_rows
 
 ONBOARDING = next(s for s in SERVICES if s.schema == "onboarding")

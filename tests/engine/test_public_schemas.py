@@ -23,7 +23,7 @@ import pytest
 
 from migrations import engine
 from migrations.connection import Endpoints
-from migrations.localserver import LocalServer
+from migrations.rehearsal.localserver import LocalServer
 from tests.public_schemas import compare, generate
 from tests.public_schemas.clients import dump_schema, load_schema_file, refresh_materialized_views
 from tests.support import ROOT, create_database, drop_database

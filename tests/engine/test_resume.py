@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migrations.localserver import LocalServer
+from migrations.rehearsal.localserver import LocalServer
 
 from tests.support import ROOT, create_database, drop_database
 

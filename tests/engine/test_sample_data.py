@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from migrations.connection import connect
-from migrations.sample_data import INIT_SCRIPTS, SCHEMAS, create_shared_source, fill_shared_source
+from migrations.rehearsal.sample_data import INIT_SCRIPTS, SCHEMAS, create_shared_source, fill_shared_source
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 SCALE = 60

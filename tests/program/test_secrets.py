@@ -35,7 +35,7 @@ from components.schema_migration import MigrationFailed, SchemaMigrationProvider
 from migrations import engine
 from migrations.connection import Endpoints
 from migrations.errors import ConnectionFailed
-from migrations.localserver import LocalServer, free_port
+from migrations.rehearsal.localserver import LocalServer, free_port
 from tests.program.harness import (
     MIGRATION,
     PASSWORD,

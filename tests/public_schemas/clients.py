@@ -1,7 +1,7 @@
 """PostgreSQL's own clients, as an operator runs them: ``psql`` loads a schema file, ``pg_dump`` writes the schema of record.
 
 Connection strings carry no password: libpq reads it from the ``passfile``
-the conninfo names (see :meth:`migrations.localserver.LocalServer.conninfo`).
+the conninfo names (see :meth:`migrations.rehearsal.localserver.LocalServer.conninfo`).
 """
 
 from __future__ import annotations

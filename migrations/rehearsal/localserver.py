@@ -216,7 +216,7 @@ class LocalServer:
         conf.update(settings)
         self._settings = conf
         with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as f:
-            f.write("\n# throwaway server settings (migrations.localserver)\ninclude 'localserver.conf'\n")
+            f.write("\n# throwaway server settings (migrations.rehearsal.localserver)\ninclude 'localserver.conf'\n")
         self._write_settings()
 
         method = "hostssl" if self.ssl else "host"

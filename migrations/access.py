@@ -5,7 +5,8 @@ A copy reads every row as stored or fails: every engine connection runs with
 filtering them. The role must therefore be able to read each table whole, and
 each large object the tables refer to. This module says so before anything is
 written, naming the tables and the fix, instead of failing once the service
-is frozen.
+is frozen. It also says which policies restricted the service's own role
+there, so that they keep restricting it where it owns the tables.
 """
 
 from __future__ import annotations
@@ -28,11 +29,8 @@ ORDER BY 1
 """
 
 
-def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) -> list[int]:
-    """Raise unless the role reads every table and referenced large object of ``schema`` whole.
-
-    Returns the referenced large objects' oids.
-    """
+def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) -> None:
+    """Raise unless the role reads every table and referenced large object of ``schema`` whole."""
     rows = source.execute(_UNREADABLE, (sql.Identifier(schema).as_string(source),)).fetchall()
     role = source.info.parameter_status("session_authorization") or source.info.user
     if denied := [name for name, no_select, _, _ in rows if no_select]:
@@ -50,7 +48,6 @@ def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) ->
         )
     oids = large_objects.referenced(source, schema, large_objects.columns(source, schema))
     large_objects.refuse_unreadable(source, schema, oids, identity)
-    return oids
 
 
 # Tables whose policies applied to ``role`` on the source: FORCEd, or owned by

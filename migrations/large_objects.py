@@ -10,15 +10,13 @@ An object of that oid that this engine did not write is never overwritten.
 
 from __future__ import annotations
 
-import logging
+from collections import deque
 
 import psycopg
 from psycopg import sql
 
 from . import state
 from .errors import ForeignRows, MigrationError
-
-log = logging.getLogger(__name__)
 
 BLOCK = 1024 * 1024
 BATCH_BYTES = 64 * 1024 * 1024  # objects per target transaction, about
@@ -82,16 +80,15 @@ def carry(source: psycopg.Connection, target: psycopg.Connection, target_schema:
                 " by this engine; refusing to overwrite them"
             )
     target.commit()
-    pending = [oid for oid in oids if oid not in done]
-    carried = 0
+    pending = deque(oid for oid in oids if oid not in done)
+    carried = len(pending)
     while pending:
         with target.transaction(), target.cursor() as cur:
             batch = 0
             while pending and batch < BATCH_BYTES:
-                oid = pending.pop(0)
+                oid = pending.popleft()
                 batch += _carry_one(source, cur, oid)
                 state.record_large_object(cur, target_schema, oid)
-                carried += 1
     source.commit()
     return carried
 
@@ -117,8 +114,9 @@ def changed(source: psycopg.Connection, target: psycopg.Connection, target_schem
     """Carried objects whose bytes differ from the source's now, or that the source no longer references."""
     with target.cursor() as cur:
         done = sorted(state.copied_large_objects(cur, target_schema))
+    referenced = set(oids)
     ours = dict(digests(target, done))
-    theirs = dict(digests(source, [oid for oid in done if oid in set(oids)]))
+    theirs = dict(digests(source, [oid for oid in done if oid in referenced]))
     return [oid for oid in done if theirs.get(oid) != ours.get(oid)]
 
 

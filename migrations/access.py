@@ -17,14 +17,14 @@ from psycopg import sql
 from . import large_objects
 from .errors import MigrationError
 
-# Tables the role may not SELECT, and tables a row-level security policy applies to for it.
+# Tables and sequences the role may not SELECT, and tables a row-level security policy applies to for it.
 _UNREADABLE = """
 SELECT c.relname,
        NOT has_table_privilege(c.oid, 'SELECT') AS denied,
        c.relrowsecurity AND row_security_active(c.oid) AS filtered,
        c.relforcerowsecurity AS forced
 FROM pg_class c
-WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p', 'm')
+WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p', 'm', 'S')
 ORDER BY 1
 """
 
@@ -36,7 +36,7 @@ def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) ->
     if denied := [name for name, no_select, _, _ in rows if no_select]:
         raise MigrationError(
             f"the migration role {role} cannot read {', '.join(denied)} on {identity}, nothing was written:"
-            f" GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}"
+            f" GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}; GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"
         )
     if filtered := [(name, forced) for name, _, is_filtered, forced in rows if is_filtered]:
         owner_fix = "run it as the tables' owner" + (

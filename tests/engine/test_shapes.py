@@ -792,6 +792,19 @@ def test_a_policy_enabled_and_forced_on_the_target_lets_the_copy_land_every_row(
     assert fetch(migrated.target, "SELECT count(*) FROM rls.tenant_note") == [(4000,)]
 
 
+@pytest.mark.parametrize("revoke, named", [
+    ("REVOKE SELECT ON triggers.document FROM {}", "document"),
+    ("REVOKE SELECT ON ALL SEQUENCES IN SCHEMA triggers FROM {}", "document_id_seq"),
+])
+def test_a_table_or_sequence_the_migration_role_cannot_read_is_refused_before_any_write(lab: Lab, revoke, named) -> None:
+    source = lab.source(TRIGGERS)
+    read_as = migration_role(lab, source, TRIGGERS.schema)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(sql.SQL(revoke).format(sql.Identifier(psycopg.conninfo.conninfo_to_dict(read_as)["user"])))
+    message = refused(lab, TRIGGERS, source, read_as)
+    assert f"cannot read {named} " in message and "GRANT SELECT" in message
+
+
 def test_a_policy_that_restricted_the_service_still_restricts_it_on_the_target(lab: Lab, target_server) -> None:
     """On the shared instance the service does not own the table, so the policy applies to it; in its new
     database it owns the table, so the policy must be FORCEd to keep applying."""

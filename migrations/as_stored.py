@@ -36,7 +36,10 @@ _ENABLE = {"O": "ENABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE AL
 
 @contextmanager
 def loading(cur: psycopg.Cursor, table: sql.Identifier) -> Iterator[None]:
-    """Inside the load's transaction: no user trigger fires and no policy applies to ``table`` until the block ends."""
+    """Inside the load's transaction: no user trigger fires and no policy applies to ``table`` until the block ends.
+
+    On an error the block does not restore them: the transaction's rollback does.
+    """
     regclass = table.as_string(cur)
     triggers = cur.execute(_ENABLED_TRIGGERS, {"table": regclass}).fetchall()
     for schema, relation, trigger, _ in triggers:

@@ -127,7 +127,7 @@ WHERE n.nspname = %s AND s.relkind = 'S'
 _PARTITIONS = """
 SELECT c.relname, format('OF %%s %%s', quote_ident(p.relname), pg_get_expr(c.relpartbound, c.oid))
 FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid JOIN pg_class p ON p.oid = i.inhparent
-WHERE c.relnamespace = %s::regnamespace AND c.relispartition
+WHERE c.relnamespace = %s::regnamespace AND c.relispartition AND c.relkind IN ('r', 'p')
 """
 
 # A materialized view and the schema's other materialized views its query reads.

@@ -134,8 +134,9 @@ def test_online_sync_then_cutover_then_rollback_through_the_sdk_host(inputs, sha
 
 
 def _tables(conn: psycopg.Connection) -> list[str]:
-    """The service's tables, partitions aside (they are frozen through their parent)."""
-    return sorted(read_catalog(conn, CAMPAIGNS.schema).tables)
+    """The service's tables and partitions: what a freeze freezes."""
+    catalog = read_catalog(conn, CAMPAIGNS.schema)
+    return sorted(catalog.tables.keys() | catalog.partitions.keys())
 
 
 def test_the_migration_role_is_retired_once_done(cloud, shared_source, migrator):

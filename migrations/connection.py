@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import psycopg
@@ -13,7 +14,9 @@ from .errors import ConnectionFailed
 # settings make those renderings independent of each server's defaults.
 # search_path=pg_catalog makes the catalog functions qualify every name.
 # row_security=off: a policy that would hide rows from a read raises instead
-# (a copy or a checksum sees every row, or fails).
+# (a copy or a checksum sees every row, or fails). A managed instance's own
+# statement_timeout or idle_in_transaction_session_timeout would cut a long
+# COPY or the transaction that holds the copy's snapshot: both are off.
 SESSION_OPTIONS = " ".join(
     f"-c {name}={value}"
     for name, value in {
@@ -25,8 +28,32 @@ SESSION_OPTIONS = " ".join(
         "search_path": "pg_catalog",
         "lock_timeout": "30s",
         "row_security": "off",
+        "statement_timeout": "0",
+        "idle_in_transaction_session_timeout": "0",
     }.items()
 )
+
+# Seconds within which an unreachable or dead peer is noticed: the connection
+# attempt, and (TCP keepalives, tcp_user_timeout) an established connection
+# whose peer stopped answering. MIGRATIONS_NETWORK_TIMEOUT overrides it.
+NETWORK_TIMEOUT_VARIABLE = "MIGRATIONS_NETWORK_TIMEOUT"
+DEFAULT_NETWORK_TIMEOUT = 30
+
+
+def network_settings() -> dict[str, str]:
+    """libpq parameters that bound how long a dead peer can keep the engine waiting."""
+    value = os.environ.get(NETWORK_TIMEOUT_VARIABLE, str(DEFAULT_NETWORK_TIMEOUT))
+    if not value.isdigit() or int(value) < 2:
+        raise ConnectionFailed(f"{NETWORK_TIMEOUT_VARIABLE} must be a whole number of seconds, at least 2, not {value!r}")
+    seconds = int(value)
+    return {
+        "connect_timeout": str(seconds),
+        "keepalives": "1",
+        "keepalives_idle": str(max(1, seconds // 3)),
+        "keepalives_interval": str(max(1, seconds // 9)),
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(seconds * 1000),
+    }
 
 
 def describe(conninfo: str) -> str:
@@ -41,11 +68,19 @@ def describe(conninfo: str) -> str:
     return f"{host}:{port}/{dbname}"
 
 
-def connect(conninfo: str, role: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """Open a connection for the engine; ``role`` ("source", "target") names it in errors."""
+def connect(conninfo: str, role: str, *, autocommit: bool = False, schema: str = "") -> psycopg.Connection:
+    """Open a connection for the engine; ``role`` ("source", "target") names it in errors.
+
+    The session's application_name names the role and the service's ``schema``
+    (what an operator sees in pg_stat_activity).
+    """
+    application_name = " ".join(filter(None, ("hexabuilders-migration", role, schema)))[:63]
     try:
+        given = conninfo_to_dict(conninfo)
+        # What the connection string sets itself wins.
+        network = {name: value for name, value in network_settings().items() if name not in given}
         return psycopg.connect(
-            make_conninfo(conninfo, options=SESSION_OPTIONS, application_name=f"hexabuilders-migration-{role}"),
+            make_conninfo(conninfo, options=SESSION_OPTIONS, application_name=application_name, **network),
             autocommit=autocommit,
         )
     except psycopg.ProgrammingError:
@@ -70,10 +105,10 @@ class Endpoints:
     target_schema: str
 
     def connect_source(self, *, autocommit: bool = False) -> psycopg.Connection:
-        return connect(self.source, "source", autocommit=autocommit)
+        return connect(self.source, "source", autocommit=autocommit, schema=self.source_schema)
 
     def connect_target(self, *, autocommit: bool = False) -> psycopg.Connection:
-        return connect(self.target, "target", autocommit=autocommit)
+        return connect(self.target, "target", autocommit=autocommit, schema=self.target_schema)
 
     @property
     def source_identity(self) -> str:

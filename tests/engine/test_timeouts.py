@@ -1,0 +1,103 @@
+"""Server defaults and dead peers cannot break or hang the engine (issue 12, item 1)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from migrations import engine
+from migrations.connection import NETWORK_TIMEOUT_VARIABLE, Endpoints
+from migrations.errors import ConnectionFailed
+from tests.support import table_rows
+
+SCHEMA = "ledger"
+DDL = """
+CREATE SCHEMA IF NOT EXISTS ledger;
+CREATE TABLE IF NOT EXISTS ledger.entry (id bigint PRIMARY KEY, memo text NOT NULL, booked_at timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS entry_booked_idx ON ledger.entry (booked_at);
+"""
+FILL = """
+INSERT INTO ledger.entry SELECT i, repeat(md5(i::text), 4), timestamptz '2024-01-01' + i * interval '1 second'
+FROM generate_series(1, 300000) i;
+"""
+
+
+def _set_on_database(conninfo: str, settings: dict[str, str]) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        database = conn.info.dbname
+        for name, value in settings.items():
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    sql.Identifier(database), sql.Identifier(name), sql.Literal(value)
+                )
+            )
+
+
+def test_a_managed_instances_session_timeouts_do_not_cut_the_copy(source_server, target_server, new_database):
+    source, target = new_database(source_server, "timeouts_src"), new_database(target_server, "timeouts_dst")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(DDL)
+        conn.execute(FILL)
+    # Shorter than the copy of the table, its index build and its verification.
+    timeouts = {"statement_timeout": "100ms", "idle_in_transaction_session_timeout": "100ms"}
+    _set_on_database(source, timeouts)
+    _set_on_database(target, timeouts)
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "100ms"
+
+    report = engine.migrate(Endpoints(source, SCHEMA, target, SCHEMA), init_sql=DDL, jobs=2)
+
+    assert report.verified
+    _set_on_database(source, {name: "0" for name in timeouts})  # for the test's own, slower comparison
+    _set_on_database(target, {name: "0" for name in timeouts})
+    assert table_rows(target, SCHEMA) == table_rows(source, SCHEMA)
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections and never says a word."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_an_endpoint_that_never_answers_fails_in_bounded_time_naming_the_side(silent_endpoint, monkeypatch):
+    monkeypatch.setenv(NETWORK_TIMEOUT_VARIABLE, "2")
+    endpoints = Endpoints("host=127.0.0.1 dbname=shared", "s", f"host=127.0.0.1 port={silent_endpoint} dbname=new", "s")
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as failure:
+        endpoints.connect_target()
+
+    assert time.monotonic() - started < 10
+    assert f"cannot connect to target 127.0.0.1:{silent_endpoint}/new" in str(failure.value)
+    assert "\n" not in str(failure.value)
+
+
+def test_a_bad_network_timeout_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setenv(NETWORK_TIMEOUT_VARIABLE, "soon")
+    with pytest.raises(ConnectionFailed, match=f"^{NETWORK_TIMEOUT_VARIABLE} must be a whole number of seconds"):
+        Endpoints("host=127.0.0.1 dbname=a", "s", "host=127.0.0.1 dbname=b", "s").connect_source()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 
 import psycopg
@@ -79,7 +80,7 @@ def connect(conninfo: str, role: str, *, autocommit: bool = False, schema: str =
         given = conninfo_to_dict(conninfo)
         # What the connection string sets itself wins.
         network = {name: value for name, value in network_settings().items() if name not in given}
-        return psycopg.connect(
+        conn = psycopg.connect(
             make_conninfo(conninfo, options=SESSION_OPTIONS, application_name=application_name, **network),
             autocommit=autocommit,
         )
@@ -88,6 +89,26 @@ def connect(conninfo: str, role: str, *, autocommit: bool = False, schema: str =
         raise ConnectionFailed(f"{role} connection string is not a valid libpq URL or key=value string") from None
     except psycopg.OperationalError as error:
         raise ConnectionFailed(f"cannot connect to {role} {describe(conninfo)}: {one_line(error)}") from None
+    _open.add(conn)
+    return conn
+
+
+# Every connection the engine has open, so that an interrupt can cancel what they run.
+_open: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+def cancel_running() -> None:
+    """Cancel the statement each open engine connection runs (a COPY, an index build...), from any thread.
+
+    Called when the run is interrupted: the workers' statements fail at once
+    and their transactions roll back, instead of finishing first.
+    """
+    for conn in list(_open):
+        if not conn.closed:
+            try:
+                conn.cancel_safe(timeout=2.0)
+            except psycopg.Error:
+                pass  # that connection's server is gone already: nothing runs there
 
 
 def one_line(error: Exception) -> str:

@@ -22,7 +22,7 @@ from . import as_stored, deferred, state
 from .catalog import Table
 from .connection import Endpoints
 from .errors import ForeignRows, MigrationError
-from .parallel import run_all
+from .parallel import run_all, stopping
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
         def worker() -> None:
             connections: tuple[psycopg.Connection, psycopg.Connection] | None = None
             try:
-                while not failed.is_set():
+                while not failed.is_set() and not stopping():
                     with lock:
                         if queue:
                             table, copy = queue.pop(), True

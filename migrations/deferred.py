@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from . import as_stored, state
+from .parallel import stopping
 from .state import DeferredObject
 
 # Keys before plain indexes before foreign keys: the order objects are restored in.
@@ -246,7 +247,7 @@ def _run_queue(
     def worker() -> None:
         conn = None
         try:
-            while not failed.is_set():
+            while not failed.is_set() and not stopping():
                 with lock:
                     if not queue:
                         return

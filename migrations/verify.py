@@ -36,7 +36,7 @@ from psycopg import sql
 from . import as_stored, large_objects
 from .catalog import Table, own_rows
 from .connection import Endpoints
-from .parallel import run_all
+from .parallel import run_all, stopping
 
 HASH, MD5 = "hash", "md5"
 HASH_SINCE = 140000  # hash_record_extended
@@ -286,7 +286,7 @@ def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int) -> list
 
         def run() -> None:
             with connect(autocommit=True) as conn:
-                while not failed.is_set():
+                while not failed.is_set() and not stopping():
                     with lock:
                         if not queues[side]:
                             return

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from migrations.freeze import unfrozen_tables
 from migrations.rehearsal.localserver import LocalServer
 
 from tests.support import ROOT, create_database, drop_database
@@ -141,6 +142,32 @@ def test_a_killed_copy_converges_when_run_again(point, ledger_source, init_file,
             _wait_for(lambda: KILL_POINTS[point](watcher, name), run)
         run.send_signal(signal.SIGKILL)
         assert run.wait(30) == -signal.SIGKILL
+
+        rerun = _run_copy(ledger_source, conninfo, init_file)
+        assert rerun.wait(120) == 0, rerun.stderr.read()
+        assert _fingerprint(conninfo) == reference
+    finally:
+        drop_database(target_server, name)
+
+
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_an_interrupted_copy_stops_at_once_lifts_the_freeze_and_resumes(
+    signum, status, word, ledger_source, init_file, target_server, reference
+):
+    name = create_database(target_server, "ledger_interrupted")
+    conninfo = target_server.conninfo(name)
+    try:
+        run = _run_copy(ledger_source, conninfo, init_file)
+        with psycopg.connect(target_server.conninfo(name), autocommit=True) as watcher:
+            _wait_for(lambda: KILL_POINTS["mid-table"](watcher, name), run)
+        sent = time.monotonic()
+        run.send_signal(signum)
+        assert run.wait(30) == status
+        assert time.monotonic() - sent < 2.5  # the COPY under way was cancelled, not finished
+        message = run.stderr.read().strip().splitlines()[-1]
+        assert message.startswith(f"migrations: error: {word}") and "freeze" in message and "lifted" in message
+        with psycopg.connect(ledger_source) as conn:
+            assert len(unfrozen_tables(conn, SCHEMA)) == 4
 
         rerun = _run_copy(ledger_source, conninfo, init_file)
         assert rerun.wait(120) == 0, rerun.stderr.read()

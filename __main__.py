@@ -12,9 +12,10 @@ from components.service_database import ServiceDatabase, ServiceDatabaseArgs
 
 SQL_DIR = Path(__file__).parent / "sql"
 
-# Refuses bad configuration before any resource is registered.
+# Refuses bad configuration, sourceDatabaseUrl included, before any resource is registered.
 config = stack_config.from_pulumi(SQL_DIR)
-source_database_url = pulumi.Config().require_secret("sourceDatabaseUrl")
+# Checked above; from here on only as a Pulumi secret.
+source_database_url = pulumi.Config().require_secret(stack_config.SOURCE_URL_KEY)
 cluster = cluster_provider(config)
 
 for service in config.services:

@@ -6,6 +6,11 @@ declared there, so they are checked here against the dataclasses below: a
 field's type, and the Rule in its ``Annotated`` hint. Every problem is collected
 and reported at once in a :class:`ConfigError` whose lines name the key path
 (``services[2].tier``) and what is allowed.
+
+``sourceDatabaseUrl`` is a secret: it is checked here like the rest (its
+plaintext is what the engine hands the program), but no message ever shows any
+part of it, and the program reads it again with ``require_secret``, so it stays
+a Pulumi secret downstream.
 """
 
 import dataclasses
@@ -19,9 +24,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pulumi
+from psycopg.conninfo import conninfo_to_dict
 
-# Read by __main__ with require_secret; listed here so it is a known key.
-SECRET_KEYS = ("sourceDatabaseUrl",)
+# Read by __main__ with require_secret; checked here by _source_url_problems.
+SOURCE_URL_KEY = "sourceDatabaseUrl"
+SECRET_KEYS = (SOURCE_URL_KEY,)
+SOURCE_URL_ALLOWED = (
+    "postgresql://<user>:<password>@<host>:<port>/<dbname> (or postgres://, or libpq key=value pairs),"
+    " with @ : / in the user or password percent-encoded, set with `pulumi config set --secret`"
+)
+
+# Cloud SQL: "The total length of project-ID:instance-ID must be 98 characters or less"
+# (https://cloud.google.com/sql/docs/postgres/instance-settings). ServiceDatabase
+# names the instance "<instance>-<stack>-<8 hex>" (a RandomId of 4 bytes).
+CLOUD_SQL_NAME_LIMIT = 98
+INSTANCE_SUFFIX_HEX = 8
 
 # The migration connects as `migrator`; Cloud SQL owns `postgres`, pg_* and cloudsql*.
 RESERVED_USERS = ("migrator", "postgres")
@@ -94,11 +111,10 @@ DNS_SUBDOMAIN = pattern(
     r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
     "a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253 characters",
 )
-# The stack name and an 8-character suffix are appended (ServiceDatabase), and
-# Cloud SQL limits "<project-id>:<instance-id>" to 98 characters.
+# Its length is checked with the project, the stack name and the suffix counted (_cross_checks).
 INSTANCE = pattern(
-    r"[a-z][a-z0-9-]{0,59}",
-    "a Cloud SQL instance name: a lower-case letter, then lower-case letters, digits and '-', at most 60 characters",
+    r"[a-z][a-z0-9-]*",
+    "a Cloud SQL instance name: a lower-case letter, then lower-case letters, digits and '-'",
 )
 TIER = Rule(
     "db-f1-micro, db-g1-small or db-custom-<vCPUs>-<MiB> (1 or an even number of vCPUs up to 96;"
@@ -207,19 +223,26 @@ def init_script(sql_dir: Path, database: str) -> Path:
 
 def from_pulumi(sql_dir: Path) -> StackConfig:
     """The current stack's configuration, as the engine handed it to this program."""
+    import pulumi_gcp  # here, so that load() and its tests need no provider SDK
+
     project = pulumi.get_project()
     # pulumi.Config reads one key at a time; refusing unknown keys needs them all.
+    # Secrets are in plaintext here, as the engine hands them (PULUMI_CONFIG).
     handed = {**pulumi.runtime.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
     prefix = f"{project}:"
     values = {key[len(prefix) :]: value for key, value in handed.items() if key.startswith(prefix)}
-    return load(project, pulumi.get_stack(), values, sql_dir)
+    # The project the gcp provider creates the instances in: gcp:project or its environment variables.
+    return load(project, pulumi.get_stack(), values, sql_dir, gcp_project=pulumi_gcp.config.project)
 
 
-def load(project: str, stack: str, values: Mapping[str, str], sql_dir: Path) -> StackConfig:
+def load(
+    project: str, stack: str, values: Mapping[str, str], sql_dir: Path, gcp_project: str | None = None
+) -> StackConfig:
     """Parse and check ``values`` (this project's config, as the engine's strings).
 
-    Raises ConfigError listing every problem: all field problems, then, once
-    the fields are valid, those between fields and services.
+    Raises ConfigError listing every problem: all field problems and those of
+    sourceDatabaseUrl, then, once the fields are valid, those between fields
+    and services. ``gcp_project``, when known, counts in instance names' length.
     """
     problems: list[str] = []
     known = {_camel(f.name): f for f in dataclasses.fields(StackConfig)}
@@ -227,8 +250,10 @@ def load(project: str, stack: str, values: Mapping[str, str], sql_dir: Path) -> 
         problems.append(f"{project}:{key}: unknown key; allowed: {', '.join(sorted([*known, *SECRET_KEYS]))}")
     decoded = {key: _decode(known[key], raw) for key, raw in values.items() if key in known}
     config = _parse(StackConfig, decoded, "", problems)
+    problems += _source_url_problems(values.get(SOURCE_URL_KEY))
     if config is not None:
         problems += _cross_checks(stack, config, sql_dir)
+        problems += _instance_name_problems(stack, gcp_project, config)
     if not re.fullmatch(r"[a-z0-9-]+", stack):
         problems.append(
             f"stack name {stack!r}: allowed: lower-case letters, digits and '-' (it is part of instance names)"
@@ -284,6 +309,78 @@ def _cross_checks(stack: str, config: StackConfig, sql_dir: Path) -> list[str]:
                 f" allowed: a database whose init script {sql_dir.name}/<database>_init.sql exists"
             )
     return problems
+
+
+def _source_url_problems(url: str | None) -> list[str]:
+    """What is wrong with sourceDatabaseUrl, never quoting it.
+
+    Not even the parts libpq parsed out of it: in a URL whose password holds an
+    unencoded '/' or '@', the "host", "port" or "dbname" are pieces of the password.
+    """
+    key = SOURCE_URL_KEY
+
+    def problem(what: str) -> list[str]:
+        return [f"{key}: {what}; allowed: {SOURCE_URL_ALLOWED}"]
+
+    if url is None:
+        return problem("missing")
+    if not url.strip():
+        return problem("empty")
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme is not None and scheme[1] not in ("postgresql", "postgres"):
+        return problem("not a postgresql:// or postgres:// URL (its text is not shown: it may hold a password)")
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 (psycopg.ProgrammingError; none of them may be shown)
+        # libpq's message quotes the offending fragment, which may be the password.
+        return problem("libpq cannot parse it (its text is not shown: it may hold a password)")
+    problems = []
+    host = params.get("host") or params.get("hostaddr")
+    if not host:
+        problems += problem("it names no host")
+    elif scheme is not None and "@" in host:
+        problems += problem("its host holds '@': a user or password with '@' must be percent-encoded (%40)")
+    ports = params.get("port")
+    if ports is not None and not all(_is_port(port) for port in ports.split(",")):
+        problems += problem("its port is not a number from 1 to 65535")
+    dbname = params.get("dbname")
+    if not dbname:
+        problems += problem("it names no database (dbname)")
+    elif scheme is not None and "@" in dbname:
+        problems += problem(
+            "its database name holds '@': a user or password with '/' or '@' must be percent-encoded (%2F, %40)"
+        )
+    return problems
+
+
+def _is_port(port: str) -> bool:
+    return re.fullmatch(r"[0-9]{1,5}", port.strip()) is not None and 1 <= int(port) <= 65535
+
+
+def source_place(url: str) -> str:
+    """``host:port/dbname`` of a checked sourceDatabaseUrl: where it points, without its credentials."""
+    params = conninfo_to_dict(url)
+    return f"{params.get('host') or params.get('hostaddr')}:{params.get('port') or 5432}/{params.get('dbname')}"
+
+
+def _instance_name_problems(stack: str, gcp_project: str | None, config: StackConfig) -> list[str]:
+    """Each instance name as Cloud SQL counts it, ``<project>:<instance>-<stack>-<8 hex>``, within its limit."""
+    project = f"{gcp_project}:" if gcp_project else ""
+    added = len(project) + len(f"-{stack}-") + INSTANCE_SUFFIX_HEX
+    room = CLOUD_SQL_NAME_LIMIT - added
+    within = (
+        f"an instance of at most {room} characters with this stack name{' and project' if project else ''}"
+        if room > 0
+        else "a shorter stack name"
+    )
+    return [
+        f"services[{index}].instance: the Cloud SQL instance name of service {service.name!r},"
+        f" '{project}{service.instance}-<stack>-<{INSTANCE_SUFFIX_HEX} hex>', would be"
+        f" {len(service.instance) + added} characters; allowed: at most {CLOUD_SQL_NAME_LIMIT}"
+        f" for <project>:<instance name> (Cloud SQL), so {within}"
+        for index, service in enumerate(config.services)
+        if len(service.instance) + added > CLOUD_SQL_NAME_LIMIT
+    ]
 
 
 def _show(value: Any) -> str:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as kubernetes
 import pulumi_random as random
 
-from components.config import ServiceConfig
+from components.config import ServiceConfig, source_place
 from components.monitoring import AlertThresholds, alert_policy
 from components.schema_migration import SchemaMigration, SchemaMigrationArgs
 
@@ -53,16 +52,10 @@ class ServiceDatabaseArgs:
     network: pulumi.Input[str]  # VPC the instance gets its private IP on
     database_version: pulumi.Input[str]
     public_ip: bool  # dev only; see config.load
-    source_database_url: pulumi.Input[str]  # secret: the shared instance
+    source_database_url: pulumi.Input[str]  # secret: the shared instance (checked by config.load)
     init_sql: pulumi.Input[str]  # text of sql/<database>_init.sql
     migration_jobs: pulumi.Input[int]
     alerts: AlertThresholds  # the stack's monitoring thresholds
-
-
-def _place(url: str) -> str:
-    """Where a libpq URL points (host, port, database), without its credentials."""
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}{parts.path}"
 
 
 def postgres_url(
@@ -135,12 +128,14 @@ class ServiceDatabase(pulumi.ComponentResource):
             if service.migration_endpoint
             else (instance.private_ip_address, POSTGRES_PORT)
         )
+        # Where the source is (host:port/dbname, as SchemaMigration's diff sees it), not its credentials.
+        source = pulumi.Output.from_input(args.source_database_url).apply(source_place)
         # The role the data migration connects as. The migration disables its login
         # when done; a new password, drawn whenever the migration has work again
         # (what SchemaMigration's diff looks at changed), brings it back.
         migration_work = pulumi.Output.all(
             args.init_sql, service.user, service.source_schema, sorted(service.drop_on_purpose),
-            service.mode, service.cutover, host, port, pulumi.Output.from_input(args.source_database_url).apply(_place),
+            service.mode, service.cutover, host, port, source,
         ).apply(lambda parts: hashlib.sha256(repr(parts).encode()).hexdigest())
         migrator, migrator_password = self._login(
             f"{name}-migrator", "migrator", instance, keepers={"migration": migration_work}

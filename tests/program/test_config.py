@@ -4,6 +4,7 @@ resource is registered."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,17 @@ import yaml
 from components import config
 from components.config import ConfigError
 from tests.program.harness import (
+    MIGRATION,
+    PASSWORD,
     PROJECT,
     PROJECT_ROOT,
     STACKS,
+    Graph,
     project_values,
     run_program,
     services_of,
     stack_file,
+    start_program,
 )
 
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -28,7 +33,8 @@ SERVICES = f"{PROJECT}:services"
 
 
 def load(stack: str, values: dict[str, Any], sql_dir: Path = SQL_DIR) -> config.StackConfig:
-    return config.load(PROJECT, stack, project_values(values), sql_dir)
+    # As from_pulumi: the project the instances are created in counts in their names' length.
+    return config.load(PROJECT, stack, project_values(values), sql_dir, gcp_project=values.get("gcp:project"))
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -207,3 +213,209 @@ def test_a_refused_config_registers_no_resource(tmp_path: Path) -> None:
     assert graph.error is not None and graph.error["type"] == "ConfigError"
     assert "services[2].tier: 'db-n1-standard-2' is not allowed" in graph.error["message"]
     assert graph.resources == []
+
+
+# sourceDatabaseUrl: checked with the rest, never shown. The runs below are the
+# program's own (from_pulumi, under mocks): one line per problem, no resource,
+# and nothing of the URL in the message, the output or the recorded graph.
+
+ALLOWED_URL = config.SOURCE_URL_ALLOWED
+# Pieces of a password that an unencoded '/' or '@' makes libpq read as host, port or dbname.
+PASSWORD_PIECES = ("Zq9", "Xk7wv")
+SOURCE_URL_ERRORS = {
+    "malformed port": (
+        "postgresql://reader:Zq9Xk7wv@10.0.0.1:54x2/hexabuilders",
+        ["sourceDatabaseUrl: its port is not a number from 1 to 65535"],
+    ),
+    "port out of range": (
+        "postgres://reader:Zq9Xk7wv@10.0.0.1:65536/hexabuilders",
+        ["sourceDatabaseUrl: its port is not a number from 1 to 65535"],
+    ),
+    "port 0 in key=value pairs": (
+        "host=10.0.0.1 port=0 dbname=hexabuilders user=reader password=Zq9Xk7wv",
+        ["sourceDatabaseUrl: its port is not a number from 1 to 65535"],
+    ),
+    "empty": ("", ["sourceDatabaseUrl: empty"]),
+    "blank": ("  ", ["sourceDatabaseUrl: empty"]),
+    "no host": (
+        "postgresql://reader:Zq9Xk7wv@/hexabuilders",
+        ["sourceDatabaseUrl: it names no host"],
+    ),
+    "no database": (
+        "postgresql://reader:Zq9Xk7wv@10.0.0.1:5432",
+        ["sourceDatabaseUrl: it names no database (dbname)"],
+    ),
+    "not a PostgreSQL URL": (
+        "mysql://reader:Zq9Xk7wv@10.0.0.1/hexabuilders",
+        ["sourceDatabaseUrl: not a postgresql:// or postgres:// URL (its text is not shown: it may hold a password)"],
+    ),
+    # libpq's own message would quote "Zq9 Xk7wv".
+    "space in the password": (
+        "postgresql://reader:Zq9 Xk7wv@10.0.0.1/hexabuilders",
+        ["sourceDatabaseUrl: libpq cannot parse it (its text is not shown: it may hold a password)"],
+    ),
+    "unknown URL parameter": (
+        "postgresql://reader@10.0.0.1/hexabuilders?passwd=Zq9Xk7wv",
+        ["sourceDatabaseUrl: libpq cannot parse it (its text is not shown: it may hold a password)"],
+    ),
+    # libpq reads host 'reader', port 'Zq9', dbname 'Xk7wv@10.0.0.1:5432/hexabuilders'.
+    "unencoded '/' in the password": (
+        "postgresql://reader:Zq9/Xk7wv@10.0.0.1:5432/hexabuilders",
+        [
+            "sourceDatabaseUrl: its port is not a number from 1 to 65535",
+            "sourceDatabaseUrl: its database name holds '@': a user or password with '/' or '@'"
+            " must be percent-encoded (%2F, %40)",
+        ],
+    ),
+    # libpq reads password 'Zq9', host 'Xk7wv@10.0.0.1'.
+    "unencoded '@' in the password": (
+        "postgresql://reader:Zq9@Xk7wv@10.0.0.1:5432/hexabuilders",
+        ["sourceDatabaseUrl: its host holds '@': a user or password with '@' must be percent-encoded (%40)"],
+    ),
+}
+
+
+def refused_run(stack: str, values: dict[str, Any], out: Path) -> tuple[Graph, str]:
+    """The program's run that config refused: its graph and everything it printed."""
+    process = start_program(stack, values, out)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    graph = Graph(json.loads(out.read_text()))
+    assert graph.error is not None and graph.error["type"] == "ConfigError", output
+    assert graph.resources == []
+    return graph, output
+
+
+@pytest.mark.parametrize("url, lines", SOURCE_URL_ERRORS.values(), ids=SOURCE_URL_ERRORS.keys())
+def test_a_bad_source_url_is_refused_before_any_resource_and_never_shown(
+    url: str, lines: list[str], tmp_path: Path
+) -> None:
+    values = stack_file("prod")
+    values[f"{PROJECT}:sourceDatabaseUrl"] = url
+    graph, output = refused_run("prod", values, tmp_path / "graph.json")
+    assert graph.error is not None
+    assert graph.error["message"] == "stack 'prod': invalid configuration:\n  " + "\n  ".join(
+        f"{line}; allowed: {ALLOWED_URL}" for line in lines
+    )
+    shown = output + (tmp_path / "graph.json").read_text()
+    for secret in (url.strip(), "Zq9Xk7wv", "Zq9 Xk7wv", *PASSWORD_PIECES):
+        if secret:
+            assert secret not in shown
+
+
+def test_a_missing_source_url_is_one_more_line() -> None:
+    values = project_values(stack_file("prod"))
+    del values["sourceDatabaseUrl"]
+    values["migrationJobs"] = "0"  # unrelated: both are reported
+    with pytest.raises(ConfigError) as refused:
+        config.load(PROJECT, "prod", values, SQL_DIR)
+    assert str(refused.value).splitlines()[1:] == [
+        "  migrationJobs: 0 is not allowed; allowed: 1..64",
+        f"  sourceDatabaseUrl: missing; allowed: {ALLOWED_URL}",
+    ]
+
+
+GOOD_SOURCE_URLS = {
+    "URL with a percent-encoded password": (
+        "postgresql://reader:Zq9%2FXk7wv%40@10.10.0.5:5432/hexabuilders?sslmode=require"
+    ),
+    "postgres:// URL without a port": "postgres://reader@10.10.0.5/hexabuilders",
+    "key=value pairs": "host=10.10.0.5 port=5432 dbname=hexabuilders user=reader password='Zq9 Xk7wv'",
+    "two hosts": "postgresql://reader@10.10.0.5:5432,10.10.0.6:5433/hexabuilders?target_session_attrs=read-write",
+    "Unix socket": "postgresql://reader@%2Fcloudsql%2Fhexabuilders-prod%3Aus-central1%3Ashared/hexabuilders",
+}
+
+
+@pytest.mark.parametrize("url", GOOD_SOURCE_URLS.values(), ids=GOOD_SOURCE_URLS.keys())
+def test_libpq_urls_and_key_value_pairs_are_accepted(url: str) -> None:
+    values = stack_file("prod")
+    values[f"{PROJECT}:sourceDatabaseUrl"] = url
+    load("prod", values)
+
+
+def _migrator_keepers(graph: Graph) -> dict[str, str]:
+    return {
+        r.name: r.plain["keepers"]["migration"]
+        for r in graph.of_type(PASSWORD)
+        if r.name.endswith("-migrator-password")
+    }
+
+
+def test_the_same_source_however_spelled_is_the_same_migration_work(tmp_path: Path) -> None:
+    """The migrator's keepers digest where the source is (host:port/dbname), as the SchemaMigration's diff does."""
+    graphs = []
+    for index, url in enumerate(
+        (
+            "postgresql://reader:first-password@10.10.0.5:5432/hexabuilders",
+            "postgres://reader@10.10.0.5/hexabuilders?sslmode=require",
+            "host=10.10.0.5 dbname=hexabuilders user=reader password=another-password",
+        )
+    ):
+        values = stack_file("prod")
+        values[f"{PROJECT}:sourceDatabaseUrl"] = url
+        graph = run_program("prod", values, tmp_path / f"graph-{index}.json")
+        assert {m.plain["source_url"] for m in graph.of_type(MIGRATION)} == {url}
+        graphs.append(graph)
+    keepers = [_migrator_keepers(graph) for graph in graphs]
+    assert len(keepers[0]) == 4 and keepers[0] == keepers[1] == keepers[2]
+
+
+# Instance names: "<instance>-<stack>-<8 hex>", and Cloud SQL counts "<project>:" too.
+
+LONG_STACK = "prod-" + "x" * 55
+
+
+def _instance_line(index: int, service: str, instance: str, length: int, room: int) -> str:
+    return (
+        f"services[{index}].instance: the Cloud SQL instance name of service '{service}',"
+        f" 'hexabuilders-prod:{instance}-<stack>-<8 hex>', would be {length} characters;"
+        f" allowed: at most 98 for <project>:<instance name> (Cloud SQL), so an instance of at most"
+        f" {room} characters with this stack name and project"
+    )
+
+
+def test_instance_names_too_long_for_cloud_sql_with_the_stack_name_are_refused(tmp_path: Path) -> None:
+    values = stack_file("prod")
+    graph, _ = refused_run(LONG_STACK, values, tmp_path / "graph.json")
+    assert graph.error is not None
+    # 18 ("hexabuilders-prod:") + instance + 62 ("-<stack>-") + 8, of at most 98.
+    assert graph.error["message"] == f"stack '{LONG_STACK}': invalid configuration:\n  " + "\n  ".join(
+        [
+            _instance_line(0, "partner-management", "partner-db-instance", 107, 10),
+            _instance_line(1, "onboarding", "onboarding-db-instance", 110, 10),
+            _instance_line(2, "recruitment", "recruitment-db-instance", 111, 10),
+            _instance_line(3, "campaign-management", "campaign-db-instance", 108, 10),
+        ]
+    )
+
+
+def test_the_longest_stack_name_that_fits_is_counted_to_the_character() -> None:
+    # The longest instance, recruitment-db-instance (23): 18 + 23 + 1 + stack + 1 + 8 <= 98.
+    load("p" * 47, stack_file("prod"))
+    with pytest.raises(ConfigError) as refused:
+        load("p" * 48, stack_file("prod"))
+    assert str(refused.value).splitlines()[1:] == [
+        "  " + _instance_line(2, "recruitment", "recruitment-db-instance", 99, 22)
+    ]
+
+
+def test_without_a_known_project_the_instance_name_alone_is_counted() -> None:
+    values = stack_file("prod")
+    del values["gcp:project"]
+    load("p" * 48, values)
+    with pytest.raises(ConfigError) as refused:
+        load("p" * 66, values)
+    assert (
+        "services[2].instance: the Cloud SQL instance name of service 'recruitment',"
+        " 'recruitment-db-instance-<stack>-<8 hex>', would be 99 characters;"
+        " allowed: at most 98 for <project>:<instance name> (Cloud SQL), so an instance of at most 22"
+        " characters with this stack name"
+    ) in str(refused.value)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_committed_stacks_leave_room_in_instance_names(stack: str) -> None:
+    values = stack_file(stack)
+    project = values["gcp:project"]
+    for service in load(stack, values).services:
+        assert len(f"{project}:{service.instance}-{stack}-") + 8 <= config.CLOUD_SQL_NAME_LIMIT

@@ -23,7 +23,7 @@ from . import engine, online
 from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .extensions import CLOUD_SQL_EXTENSIONS
-from .freeze import freeze, unfreeze
+from .freeze import freeze, refuse_missing_schema, unfreeze
 from .init_sql import schema_of_record
 from .rehearsal.localserver import LocalServerError
 from .rehearsal import Options, rehearse
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        _refuse_unwritable_report(getattr(args, "report", None))
         return args.command(args)
     except SchemaDrift as error:
         _error(str(error))
@@ -157,6 +158,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unwritable_report(path: Path | None) -> None:
+    """``--report``: checked before anything runs, so that it cannot fail after the freeze or the cutover."""
+    if path is None:
+        return
+    directory = path.parent
+    if not directory.exists():
+        reason = f"directory {directory} does not exist"
+    elif not directory.is_dir():
+        reason = f"{directory} is not a directory"
+    elif path.is_dir():
+        reason = f"{path} is a directory"
+    elif path.exists() and not os.access(path, os.W_OK):
+        reason = f"{path} is not writable"
+    elif not path.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        reason = f"directory {directory} is not writable"
+    else:
+        return
+    raise MigrationError(f"cannot write the report to {path}: {reason}; nothing was done, give --report a writable path")
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -249,7 +270,10 @@ def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
             + (f" ({', '.join(found.after_ids)})" if found.after_ids else "")
         )
     if path:
-        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        try:
+            path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise MigrationError(f"cannot write the report to {path}: {error.strerror}; the run itself ended as shown above") from None
     return EXIT_OK if report.verified else EXIT_DIFFERENT
 
 
@@ -316,6 +340,7 @@ def _freeze(args: argparse.Namespace) -> int:
 
 def _unfreeze(args: argparse.Namespace) -> int:
     with connect(args.source, "source") as conn:
+        refuse_missing_schema(conn, args.source_schema, "nothing to lift")
         tables = unfreeze(conn, args.source_schema)
     print(f"lifted the freeze on {len(tables)} tables of schema {args.source_schema}")
     return EXIT_OK

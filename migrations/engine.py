@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, materialized_views, orphans
-from . import privileges, references, state
+from . import preflight, privileges, references, state
 from .catalog import Catalog, Table, compare, read_catalog
 from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
@@ -126,6 +126,7 @@ def migrate(
         if not state.lock(lock_holder, endpoints.target_schema):
             raise MigrationError(f"another migration into {endpoints.target_identity} is running")
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            jobs = preflight.check(endpoints, source, target, jobs)  # the same database twice, the lock table, connections
             source_catalog = read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
             refs.refuse(endpoints.source_identity)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from .errors import MigrationError
+
 # Shared by every service's freeze on the shared instance; holds only the trigger function.
 FREEZE_SCHEMA = "schema_migration"
 FREEZE_FUNCTION = "refuse_write"
@@ -41,7 +43,11 @@ ORDER BY c.relname
 
 
 def freeze(conn: psycopg.Connection, schema: str) -> list[str]:
-    """Freeze every table of ``schema``; return the tables newly frozen. Idempotent."""
+    """Freeze every table of ``schema``; return the tables newly frozen. Idempotent.
+
+    Refuses a schema that does not exist (a misspelt name froze nothing, silently).
+    """
+    refuse_missing_schema(conn, schema, "nothing was frozen")
     with conn.transaction(), conn.cursor() as cur:
         # Two services may freeze at once; the function is shared.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (FREEZE_SCHEMA,))
@@ -73,6 +79,25 @@ def unfreeze(conn: psycopg.Connection, schema: str) -> list[str]:
                 )
             )
     return frozen
+
+
+def refuse_missing_schema(conn: psycopg.Connection, schema: str, consequence: str) -> None:
+    """Raise if ``schema`` does not exist on ``conn``'s database, naming it, the database and the schemas there."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s), ARRAY(SELECT nspname::text FROM pg_namespace"
+            " WHERE nspname !~ '^pg_' AND nspname NOT IN ('information_schema', %s) ORDER BY 1)",
+            (schema, FREEZE_SCHEMA),
+        )
+        exists, names = cur.fetchone()
+    if exists:
+        return
+    where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    there = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none"
+    raise MigrationError(
+        f"schema {schema} does not exist in {where}, {consequence}: check --source-schema and --source"
+        f" (schemas there: {there})"
+    )
 
 
 def unfrozen_tables(conn: psycopg.Connection, schema: str) -> list[str]:

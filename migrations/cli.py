@@ -3,7 +3,9 @@
 Passwords never go on the command line: give DSNs without them and let libpq
 find them in PGPASSWORD, a ``.pgpass`` file (PGPASSFILE) or a service file.
 Exit status: 0 done (and identical, for copy and verify), 1 source and target
-differ, 2 error (one line on stderr, nothing half-done that a rerun won't finish).
+differ, 2 error (one line on stderr, nothing half-done that a rerun won't finish),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): running statements are
+cancelled, the freeze lifted, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,12 +33,14 @@ from .rehearsal import Options, rehearse
 from .state import OFFLINE, ONLINE
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 
 log = logging.getLogger("migrations")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -58,8 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"database error: {one_line(error)}")
         return EXIT_ERROR
     except KeyboardInterrupt as error:
-        _error("; ".join(["interrupted", *getattr(error, "__notes__", ["run the same command again to resume"])]))
-        return 130
+        notes = getattr(error, "__notes__", ["run the same command again to resume"])
+        _error("; ".join(["terminated" if isinstance(error, Terminated) else "interrupted", *notes]))
+        return EXIT_TERMINATED if isinstance(error, Terminated) else EXIT_INTERRUPTED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: running statements cancelled, the freeze lifted, a message."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _error(message: str) -> None:

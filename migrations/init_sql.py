@@ -1,4 +1,4 @@
-"""Init SQL from ``pg_dump``: made fit for the engine's one-transaction init.
+"""Init SQL: read with PostgreSQL's own parser, made fit for the engine's one-transaction init.
 
 The engine applies a service's init SQL as one string, in one transaction,
 through psycopg (simple query protocol). What ``pg_dump --schema-only -n S``
@@ -8,245 +8,518 @@ on the schema the engine has just created, and ``ALTER ... OWNER TO`` names
 roles of the shared instance that a Cloud SQL migration role cannot assign
 (the engine hands every object to the service's user itself).
 
-:func:`prepare` fixes exactly that and leaves every other byte alone.
-:func:`schema_of_record` runs ``pg_dump`` on the shared instance and turns its
-output into a reviewable file that can be applied any number of times.
+:func:`prepare` fixes exactly that, refuses what would break the one
+transaction, runs ``CREATE EXTENSION`` first, and leaves every other byte
+alone. :func:`outside_schema` lists the statements that touch objects outside
+the target schema. :func:`schema_of_record` runs ``pg_dump`` on the shared
+instance and turns its output into a reviewable file that can be applied any
+number of times.
 
-Both read SQL with a small lexer that knows quoted strings, quoted names,
-dollar-quoted bodies and comments, so a line starting with a backslash inside
-a function body or a string is never taken for a meta-command, nor a
-``COMMIT`` inside a ``DO`` block for the end of the init transaction. String
-literals are read with ``standard_conforming_strings = on`` (pg_dump sets it,
-and it is the server default).
+All of them read SQL with ``pglast``, that is PostgreSQL's own scanner and
+parser (of PostgreSQL 18, which reads what 15 and later write), so quoted
+strings, dollar-quoted bodies, nested comments and ``BEGIN ATOMIC`` bodies are
+split exactly as the server splits them, and a syntax error is found, with
+its line, before anything runs. Only psql's meta-commands, which no server
+parses, are found before that: a backslash outside strings, names and
+comments, as the scanner sees it.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import psycopg
+from pglast import ast, enums, parser
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .connection import connect, describe, one_line
 from .errors import MigrationError
 
-# ------------------------------------------------------------------ the lexer
+# ------------------------------------------------------------ reading SQL
 
-_TOKEN = re.compile(
-    r"""
-      (?P<space>\s+)
-    | (?P<comment>--[^\n]*)
-    | (?P<block>/\*)
-    | (?P<string>[eE]'(?:[^'\\]|\\.|'')*'? | '(?:[^']|'')*'?)
-    | (?P<quoted>"(?:[^"]|"")*"?)
-    | (?P<dollar>\$(?:[^\W\d]\w*)?\$)
-    | (?P<word>\w[\w$]*)
-    | (?P<meta>\\[^\n]*)
-    | (?P<op>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-_COMMENT_BOUNDARY = re.compile(r"/\*|\*/")
-_INSIGNIFICANT = frozenset({"space", "comment", "meta"})
+_RESTRICT = frozenset({"\\restrict", "\\unrestrict"})
+_BACKSLASH = "ASCII_92"
+_SEMICOLON = "ASCII_59"
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str  # space, comment, string, quoted, dollar, word, meta (a psql meta-command line) or op
-    text: str
-    line: int
-
-    @property
-    def keyword(self) -> str:
-        """The upper-cased word; empty for anything that is not an unquoted word."""
-        return self.text.upper() if self.kind == "word" else ""
-
-
-def _tokens(text: str) -> Iterator[_Token]:
-    position, line = 0, 1
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        assert match is not None  # the last alternative matches any character
-        kind, end = match.lastgroup or "op", match.end()
-        if kind == "block":  # comments nest
-            kind, end = "comment", _block_comment_end(text, position)
-        elif kind == "dollar":
-            closing = text.find(match.group(), end)
-            end = len(text) if closing < 0 else closing + len(match.group())
-        elif kind == "meta" and text[text.rfind("\n", 0, position) + 1 : position].strip():
-            kind, end = "op", position + 1  # psql reads a backslash mid-line too; the server will refuse it
-        token = _Token(kind, text[position:end], line)
-        yield token
-        line += token.text.count("\n")
-        position = end
-
-
-def _block_comment_end(text: str, start: int) -> int:
-    depth, position = 0, start
-    while (found := _COMMENT_BOUNDARY.search(text, position)) is not None:
-        depth += 1 if found.group() == "/*" else -1
-        position = found.end()
-        if depth == 0:
-            return position
-    return len(text)
+    start: int
+    end: int  # exclusive
+    keyword: str  # the upper-cased word, for a keyword or an unquoted name; '' for anything else
 
 
 @dataclass(frozen=True)
-class _Chunk:
-    """One statement up to its ``;``, or the whitespace and comments between two."""
+class _Statement:
+    """One statement as the server reads it: its parse tree and its text up to and with its ``;``."""
 
-    tokens: tuple[_Token, ...]
+    node: ast.Node
+    text: str
+    start: int  # of its first token, in the script
+    line: int
+    terminated: bool
+    scanned: tuple[parser.Token, ...]  # its tokens as the scanner gave them, but comments and the closing ``;``
 
-    @property
-    def text(self) -> str:
-        return "".join(t.text for t in self.tokens)
+    @cached_property
+    def tokens(self) -> tuple[_Token, ...]:
+        """Its tokens, positions relative to ``text``."""
+        return tuple(_Token(t.start - self.start, t.end + 1 - self.start, self._keyword(t)) for t in self.scanned)
 
-    @property
-    def significant(self) -> list[_Token]:
-        return [t for t in self.tokens if t.kind not in _INSIGNIFICANT]
-
-    @property
-    def terminated(self) -> bool:
-        return self.tokens[-1].kind == "op" and self.tokens[-1].text == ";"
-
-    @property
-    def body(self) -> list[_Token]:
-        """The significant tokens but the closing ``;``; none for the gap between statements."""
-        return self.significant[:-1] if self.terminated else self.significant
+    def _keyword(self, token: parser.Token) -> str:
+        word = self.text[token.start - self.start : token.end + 1 - self.start]
+        return word.upper() if token.kind != "NO_KEYWORD" or (token.name == "IDENT" and word[:1] != '"') else ""
 
     @property
     def words(self) -> list[str]:
-        """The body's upper-cased keywords ('' for names in quotes, strings and punctuation)."""
-        return [t.keyword for t in self.body]
+        """The upper-cased keywords and unquoted names ('' for quoted names, strings and punctuation)."""
+        return [t.keyword for t in self.tokens]
 
     @property
-    def line(self) -> int:
-        return self.significant[0].line
+    def end(self) -> int:
+        return self.start + len(self.text)
 
     def insert_after(self, index: int, addition: str) -> str:
-        """The statement with ``addition`` after its ``index``-th significant token."""
-        after = self.significant[index]
-        return "".join(t.text + (addition if t is after else "") for t in self.tokens)
+        """The statement with ``addition`` after its ``index``-th token."""
+        at = self.tokens[index].end
+        return self.text[:at] + addition + self.text[at:]
+
+    def between(self, first: int, last: int) -> str:
+        """The text from token ``first`` up to, not with, token ``last``."""
+        return self.text[self.tokens[first].start : self.tokens[last - 1].end] if last > first else ""
 
 
-def _chunks(text: str) -> Iterator[_Chunk]:
-    """Split like psql does: at ``;`` outside parentheses and outside ``BEGIN ATOMIC ... END`` bodies."""
-    current: list[_Token] = []
-    words: list[str] = []
-    parens = begins = 0
-    for token in _tokens(text):
-        significant = token.kind not in _INSIGNIFICANT
-        if significant and not words and current:
-            yield _Chunk(tuple(current))  # the gap before a statement
-            current = []
-        current.append(token)
-        if not significant:
+@dataclass(frozen=True)
+class _Script:
+    text: str  # as given, but every psql meta-command line blanked out: what the parser read
+    statements: list[_Statement]
+    dropped: list[tuple[int, int]]  # the \restrict and \unrestrict lines, with their line breaks
+
+
+def _line(text: str, position: int) -> int:
+    return text.count("\n", 0, position) + 1
+
+
+@lru_cache(maxsize=1)  # the engine reads one init SQL for outside_schema(), then prepare()
+def _read(text: str) -> _Script:
+    """Split ``text`` into statements, as the server would; refuse meta-commands and syntax errors by line."""
+    dropped: list[tuple[int, int]] = []
+    blanked = text
+    for start, end in _meta_commands(text):
+        command = text[start:end].split()[0]
+        line_start = text.rfind("\n", 0, start) + 1
+        if command not in _RESTRICT or text[line_start:start].strip():
+            raise MigrationError(f"init SQL line {_line(text, start)}: {command} is a psql meta-command, not SQL; remove it")
+        dropped.append((start, end + 1 if text[end : end + 1] == "\n" else end))  # a dropped line takes its line break along
+        blanked = blanked[:start] + " " * (end - start) + blanked[end:]
+    try:
+        tokens = parser.scan(blanked)
+        raw = parser.parse_sql(blanked)
+    except parser.ParseError as error:
+        message, position = error.args
+        raise MigrationError(f"init SQL line {_line(blanked, position)}: {message}") from None
+    significant = [t for t in tokens if t.name not in _COMMENTS]
+    starts = [t.start for t in significant]
+    lines = [0, *(found.end() for found in re.finditer("\n", blanked))]  # where each line starts
+    statements = []
+    for stmt in raw:
+        stop = stmt.stmt_location + stmt.stmt_len if stmt.stmt_len else len(blanked)
+        first, last = bisect.bisect_left(starts, stmt.stmt_location), bisect.bisect_left(starts, stop)
+        own = significant[first:last]
+        if own and own[-1].name == _SEMICOLON:  # the last statement's length runs to the end of the text
+            own = own[:-1]
+        start, end = own[0].start, own[-1].end + 1
+        terminated = last < len(significant) and significant[last].name == _SEMICOLON
+        if terminated:
+            end = significant[last].end + 1
+        statements.append(
+            _Statement(stmt.stmt, blanked[start:end], start, bisect.bisect_right(lines, start), terminated, tuple(own))
+        )
+    return _Script(blanked, statements, dropped)
+
+
+def _meta_commands(text: str) -> Iterator[tuple[int, int]]:
+    """Each psql meta-command: from its backslash (outside strings, names and comments) to the end of its line."""
+    if "\\" not in text:
+        return
+    position = 0
+    while True:
+        tokens, complete = _scan_as_far_as_possible(text[position:])
+        starts = [t.start for t in tokens]
+        resume = None
+        for token in tokens:
+            if token.name != _BACKSLASH or (resume is not None and position + token.start < resume):
+                continue
+            start = position + token.start
+            end = text.find("\n", start)
+            resume = end = len(text) if end < 0 else end
+            yield start, end
+            # The scanner read the rest of the line as SQL: if that opened a string or a comment
+            # across the line break, what follows must be scanned again from the next line.
+            spanning = tokens[bisect.bisect_right(starts, end - position) - 1]
+            if spanning.start > token.start and spanning.end >= end - position:
+                break
+        else:
+            if complete or resume is None:
+                return  # the parser will say what is wrong, if anything
+        position = resume
+
+
+def _scan_as_far_as_possible(text: str) -> tuple[list[parser.Token], bool]:
+    """The tokens of ``text``; if the scanner stops at an error, those before it. Complete or not."""
+    try:
+        return parser.scan(text), True
+    except parser.ParseError as error:
+        try:
+            return parser.scan(text[: error.args[1]]), False
+        except parser.ParseError:
+            return [], False
+
+
+def _edited(text: str, edits: list[tuple[int, int, str]]) -> str:
+    """``text`` with each range replaced; a range inside one replaced before it goes with it."""
+    out, position = [], 0
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], -e[1])):
+        if start < position:
             continue
-        words.append(token.keyword)
-        if token.text == "(" and token.kind == "op":
-            parens += 1
-        elif token.text == ")" and token.kind == "op":
-            parens = max(parens - 1, 0)
-        elif parens == 0 and _is_routine(words):  # psql's own heuristic for SQL-standard bodies
-            if token.keyword == "BEGIN" or (token.keyword == "CASE" and begins):
-                begins += 1
-            elif token.keyword == "END" and begins:
-                begins -= 1
-        if token.text == ";" and token.kind == "op" and parens == 0 and begins == 0:
-            yield _Chunk(tuple(current))
-            current, words = [], []
-    if current:
-        yield _Chunk(tuple(current))
-
-
-def _is_routine(words: list[str]) -> bool:
-    return words[:2] in (["CREATE", "FUNCTION"], ["CREATE", "PROCEDURE"]) or words[:4] in (
-        ["CREATE", "OR", "REPLACE", "FUNCTION"],
-        ["CREATE", "OR", "REPLACE", "PROCEDURE"],
-    )
+        out += [text[position:start], replacement]
+        position = end
+    out.append(text[position:])
+    return "".join(out)
 
 
 # ------------------------------------------------------------------- prepare
 
-_RESTRICT = frozenset({"\\restrict", "\\unrestrict"})
-_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "ABORT"})
-# "RENAME COLUMN owner TO x", "SET a.owner TO x", "POLICY p ON owner TO r": not an owner change.
-_NOT_OWNER_CHANGE = frozenset({"RENAME", "COLUMN", "CONSTRAINT", "ATTRIBUTE", "SET", "ON"})
-
-
 def prepare(text: str, target_schema: str) -> str:
     """``text`` (what ``pg_dump --schema-only -n S`` writes, or hand-written SQL) as the engine's init SQL.
 
-    Drops ``\\restrict``/``\\unrestrict`` lines and ``ALTER ... OWNER TO``
-    statements, turns ``CREATE SCHEMA <target_schema>`` into ``CREATE SCHEMA
-    IF NOT EXISTS <target_schema>``, and refuses other psql meta-commands and
-    top-level transaction control, naming the line. Every other byte is kept.
+    Refuses, naming the line, psql meta-commands but ``\\restrict`` and
+    ``\\unrestrict``, syntax errors and transaction control (``BEGIN``,
+    ``COMMIT``, ``ROLLBACK``, ``SAVEPOINT``...: the engine runs the init in one
+    transaction of its own). Drops ``\\restrict``/``\\unrestrict`` lines and
+    ``ALTER ... OWNER TO`` statements, turns ``CREATE SCHEMA <target_schema>``
+    into ``CREATE SCHEMA IF NOT EXISTS <target_schema>`` and ``CREATE
+    EXTENSION`` into ``CREATE EXTENSION IF NOT EXISTS`` (the engine creates the
+    extensions the source uses before the init), and moves every ``CREATE
+    EXTENSION`` up, after the leading settings and schemas, so that the
+    extension's types and functions exist for every statement that uses them.
+    Every other byte is kept.
     """
-    out: list[str] = []
-    dropped = False  # a dropped line takes its line break along
-    for chunk in _chunks(text):
-        kept: list[_Token] = []
-        for token in chunk.tokens:
-            if token.kind == "meta":
-                command = token.text.split()[0]
-                if command not in _RESTRICT:
-                    raise MigrationError(
-                        f"init SQL line {token.line}: {command} is a psql meta-command, not SQL; remove it"
-                    )
-                dropped = True
-                continue
-            kept.append(_Token(token.kind, token.text[1:], token.line) if dropped and token.text[:1] == "\n" else token)
-            dropped = False
-        chunk = _Chunk(tuple(kept))
-        words = chunk.words
-        if not words:
-            out.append(chunk.text)
-        elif words[0] in _TRANSACTION_CONTROL or words[:2] in (["START", "TRANSACTION"], ["PREPARE", "TRANSACTION"]):
-            command = " ".join(words[:2]) if words[0] in ("START", "PREPARE") else words[0]
+    script = _read(text)
+    edits: list[tuple[int, int, str]] = [(start, end, "") for start, end in script.dropped]
+    moved: list[str] = []  # to run after the leading settings, schemas and extensions
+    count = next((i for i, s in enumerate(script.statements) if not _sets_the_scene(s.node)), len(script.statements))
+    leading_end = script.statements[count - 1].end if count else 0
+    # A schema created further down for an extension that moves up moves along.
+    for_extensions = _extension_schemas(script.statements[count:])
+    for index, statement in enumerate(script.statements):
+        node, leading = statement.node, index < count
+        if isinstance(node, ast.TransactionStmt):
+            words = statement.words
+            command = " ".join(words[:2]) if words[1:2] in (["TRANSACTION"], ["PREPARED"], ["TO"]) else words[0]
             raise MigrationError(
-                f"init SQL line {chunk.line}: {command} controls the transaction, but the engine applies"
+                f"init SQL line {statement.line}: {command} controls the transaction, but the engine applies"
                 " the init SQL in one transaction of its own; remove it"
             )
-        elif _changes_owner(chunk):
-            dropped = True
-        elif (name := _created_schema(chunk)) is not None and _names(name, target_schema):
-            out.append(f"CREATE SCHEMA IF NOT EXISTS {name.text}" + (";" if chunk.terminated else ""))
-        else:
-            out.append(chunk.text)
-    return "".join(out)
+        if _changes_owner(node):
+            edits.append(_drop(script.text, statement))
+        elif isinstance(node, ast.CreateSchemaStmt) and _is_target_creation(node, target_schema):
+            name = statement.between(2, 3)  # as written: CREATE SCHEMA <name> [AUTHORIZATION role]
+            edits.append((statement.start, statement.end, f"CREATE SCHEMA IF NOT EXISTS {name}" + (";" if statement.terminated else "")))
+        elif isinstance(node, ast.CreateExtensionStmt) or (
+            isinstance(node, ast.CreateSchemaStmt) and not leading and node.schemaname in for_extensions and not node.schemaElts
+        ):
+            created = statement.text
+            if isinstance(node, ast.CreateExtensionStmt) and not node.if_not_exists:
+                created = statement.insert_after(1, " IF NOT EXISTS")
+            if leading:
+                edits.append((statement.start, statement.end, created))
+            else:
+                moved.append(created if statement.terminated else created + ";")
+                edits.append(_drop(script.text, statement))
+    if moved:
+        block = "\n".join(moved)
+        edits.append((leading_end, leading_end, "\n" + block if leading_end else block + "\n"))
+    return _edited(script.text, edits)
 
 
-def _changes_owner(chunk: _Chunk) -> bool:
-    """pg_dump's ``ALTER <kind> <name> OWNER TO <role>;``."""
-    tokens = chunk.body
+def _extension_schemas(statements: list[_Statement]) -> set[str]:
+    """The schemas the ``CREATE EXTENSION ... SCHEMA s`` among ``statements`` name."""
+    return {
+        option.arg.sval
+        for s in statements if isinstance(s.node, ast.CreateExtensionStmt)
+        for option in s.node.options or () if option.defname == "schema"
+    }
+
+
+def _sets_the_scene(node: ast.Node) -> bool:
+    """Settings, schemas and extensions: what pg_dump writes before the first object, which extensions may need."""
+    if isinstance(node, (ast.VariableSetStmt, ast.CreateSchemaStmt, ast.CreateExtensionStmt)):
+        return True
+    if isinstance(node, ast.CommentStmt):
+        return node.objtype in (enums.ObjectType.OBJECT_EXTENSION, enums.ObjectType.OBJECT_SCHEMA)
+    # pg_dump's SELECT pg_catalog.set_config('search_path', '', false);
     return (
-        len(tokens) >= 5
-        and tokens[0].keyword == "ALTER"
-        and [t.keyword for t in tokens[-3:-1]] == ["OWNER", "TO"]
-        and tokens[-4].text != "."
-        and tokens[-4].keyword not in _NOT_OWNER_CHANGE
+        isinstance(node, ast.SelectStmt)
+        and not node.fromClause
+        and bool(node.targetList)
+        and all(isinstance(t.val, ast.FuncCall) and t.val.funcname[-1].sval == "set_config" for t in node.targetList)
     )
 
 
-def _created_schema(chunk: _Chunk) -> _Token | None:
-    """The name in ``CREATE SCHEMA name [AUTHORIZATION role]``, the form pg_dump writes; else None."""
-    tokens, words = chunk.body, chunk.words
-    if words[:2] != ["CREATE", "SCHEMA"] or not (len(words) == 3 or (len(words) == 5 and words[3] == "AUTHORIZATION")):
-        return None
-    return tokens[2] if tokens[2].kind in ("word", "quoted") and words[2] != "AUTHORIZATION" else None
+def _changes_owner(node: ast.Node) -> bool:
+    """pg_dump's ``ALTER <kind> <name> OWNER TO <role>;``."""
+    if isinstance(node, ast.AlterOwnerStmt):
+        return True
+    return isinstance(node, ast.AlterTableStmt) and all(
+        cmd.subtype == enums.AlterTableType.AT_ChangeOwner for cmd in node.cmds
+    )
 
 
-def _names(token: _Token, name: str) -> bool:
-    """Does the identifier ``token`` spell ``name``? Unquoted names fold to lower case."""
-    if token.kind == "quoted":
-        return token.text[1:-1].replace('""', '"') == name
-    return token.text.lower() == name
+def _is_target_creation(node: ast.CreateSchemaStmt, target_schema: str) -> bool:
+    """``CREATE SCHEMA <target_schema> [AUTHORIZATION role]``, the form pg_dump writes."""
+    return node.schemaname == target_schema and not node.if_not_exists and not node.schemaElts
+
+
+def _drop(text: str, statement: _Statement) -> tuple[int, int, str]:
+    """Remove the statement; a dropped statement takes its line break along."""
+    end = statement.end
+    return statement.start, end + 1 if text[end : end + 1] == "\n" else end, ""
+
+
+# ------------------------------------------------------------ outside the schema
+
+# How SQL names each kind of object, where it differs from pglast's ObjectType name.
+_OBJECT_WORDS = {
+    "MATVIEW": "MATERIALIZED VIEW", "FOREIGN_TABLE": "FOREIGN TABLE", "TABCONSTRAINT": "CONSTRAINT",
+    "DOMCONSTRAINT": "CONSTRAINT", "OPCLASS": "OPERATOR CLASS", "OPFAMILY": "OPERATOR FAMILY",
+    "STATISTIC_EXT": "STATISTICS", "FDW": "FOREIGN DATA WRAPPER", "FOREIGN_SERVER": "SERVER",
+    "LARGEOBJECT": "LARGE OBJECT", "TSCONFIGURATION": "TEXT SEARCH CONFIGURATION",
+    "TSDICTIONARY": "TEXT SEARCH DICTIONARY", "TSPARSER": "TEXT SEARCH PARSER", "TSTEMPLATE": "TEXT SEARCH TEMPLATE",
+    "EVENT_TRIGGER": "EVENT TRIGGER", "ACCESS_METHOD": "ACCESS METHOD", "USER_MAPPING": "USER MAPPING",
+}
+# Schemas every init may touch: the system catalog, and a session's own temporary schema.
+_ANYONES = frozenset({"pg_catalog", "pg_temp"})
+# Objects named after the relation they belong to: "COMMENT ON COLUMN t.c" names no schema.
+_PARTS_OF_RELATIONS = frozenset({
+    enums.ObjectType.OBJECT_COLUMN, enums.ObjectType.OBJECT_TABCONSTRAINT, enums.ObjectType.OBJECT_TRIGGER,
+    enums.ObjectType.OBJECT_POLICY, enums.ObjectType.OBJECT_RULE,
+})
+# Objects named after their access method first: "COMMENT ON OPERATOR CLASS x USING btree" is (btree, x).
+_BY_ACCESS_METHOD = frozenset({enums.ObjectType.OBJECT_OPCLASS, enums.ObjectType.OBJECT_OPFAMILY})
+
+
+def outside_schema(text: str, target_schema: str) -> list[str]:
+    """Each statement of the init SQL ``text`` that touches objects outside ``target_schema``: "line N: <kind> <name>".
+
+    What a statement touches: the object it creates, alters, drops, renames,
+    moves, comments on, labels, grants or revokes on (schemas included), every
+    table, view or sequence it names, and the schema a ``SET search_path``
+    puts first (where unqualified objects are created). ``pg_catalog`` and
+    ``pg_temp`` are anyone's. Not counted: ``CREATE EXTENSION ... SCHEMA s`` (an extension is
+    nobody's service; the engine creates the ones the source uses itself), the
+    types, functions and operators a statement only uses (pg_dump names an
+    extension's ``public.hstore`` or ``public.uuid_generate_v4()`` so, and
+    another service's enums and domains are the references' business), and
+    ``ALTER ... OWNER TO``, which :func:`prepare` drops.
+    """
+    found = []
+    for statement in _read(text).statements:
+        node = statement.node
+        if isinstance(node, (ast.CreateExtensionStmt, ast.AlterExtensionStmt, ast.AlterExtensionContentsStmt)) or _changes_owner(node):
+            continue
+        names = list(dict.fromkeys(
+            name for schema, name in _touched(node) if schema != target_schema and schema not in _ANYONES
+        ))
+        found += [f"line {statement.line}: {_kind(node, statement)} {name}" for name in names]
+    return found
+
+
+def refuse_outside_schema(text: str, target_schema: str) -> None:
+    """Raise, naming the first statements, if the init SQL touches objects outside ``target_schema``."""
+    if not (found := outside_schema(text, target_schema)):
+        return
+    shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more (python -m migrations plan lists them)" if len(found) > 5 else "")
+    raise MigrationError(
+        f"init SQL touches objects outside schema {target_schema}, nothing was written: {shown};"
+        " keep the init SQL to the service's schema, or allow it with --allow-outside-schema"
+    )
+
+
+def _touched(node: ast.Node) -> Iterator[tuple[str, str]]:
+    """(schema, qualified name) of every schema-qualified object ``node`` touches."""
+    for found in _nodes(node):
+        if isinstance(found, ast.RangeVar) and found.schemaname:
+            yield found.schemaname, _qualified([found.schemaname, found.relname])
+    objtype = enums.ObjectType
+    match node:
+        case ast.CreateSchemaStmt(schemaname=str(schema)):
+            yield schema, _quoted(schema)
+        case ast.CreateFunctionStmt(funcname=names) | ast.DefineStmt(defnames=names) | ast.CreateStatsStmt(defnames=names):
+            yield from _named(names)
+        case ast.CreateEnumStmt(typeName=names) | ast.CreateRangeStmt(typeName=names) | ast.AlterEnumStmt(typeName=names):
+            yield from _named(names)
+        case ast.CreateDomainStmt(domainname=names) | ast.AlterDomainStmt(typeName=names) | ast.AlterTypeStmt(typeName=names):
+            yield from _named(names)
+        case ast.CreateConversionStmt(conversion_name=names) | ast.CreateOpClassStmt(opclassname=names):
+            yield from _named(names)
+        case ast.CreateOpFamilyStmt(opfamilyname=names) | ast.AlterOpFamilyStmt(opfamilyname=names):
+            yield from _named(names)
+        case ast.AlterTSDictionaryStmt(dictname=names) | ast.AlterTSConfigurationStmt(cfgname=names):
+            yield from _named(names)
+        case ast.AlterCollationStmt(collname=names) | ast.AlterStatsStmt(defnames=names):
+            yield from _named(names)
+        case ast.AlterFunctionStmt(func=function):
+            yield from _object(function, objtype.OBJECT_FUNCTION)
+        case ast.DropStmt(objects=objects, removeType=kind):
+            for each in objects or ():
+                yield from _object(each, kind)
+        case ast.CommentStmt(object=target, objtype=kind) | ast.SecLabelStmt(object=target, objtype=kind):
+            yield from _object(target, kind)
+        case ast.RenameStmt(object=target, renameType=kind) if target is not None:
+            yield from _object(target, kind)
+        case ast.AlterObjectSchemaStmt(object=target, objectType=kind, newschema=schema):
+            if target is not None:
+                yield from _object(target, kind)
+            yield schema, _quoted(schema)
+        case ast.GrantStmt(objects=objects, objtype=kind, targtype=target_type):
+            in_schema = target_type == enums.GrantTargetType.ACL_TARGET_ALL_IN_SCHEMA
+            for each in objects or ():
+                yield from _object(each, objtype.OBJECT_SCHEMA if in_schema else kind)
+        case ast.AlterDefaultPrivilegesStmt(options=options):
+            for option in options or ():
+                if option.defname == "schemas":
+                    for schema in option.arg:
+                        yield schema.sval, _quoted(schema.sval)
+        case ast.VariableSetStmt(name="search_path", kind=enums.VariableSetKind.VAR_SET_VALUE, args=args):
+            path = [a.val.sval for a in args or () if isinstance(a, ast.A_Const) and isinstance(a.val, ast.String)]
+            first = next((schema for schema in path if schema != "$user"), None)
+            if first:
+                yield first, _quoted(first)
+
+
+def _nodes(value: object) -> Iterator[ast.Node]:
+    if isinstance(value, tuple | list):
+        for item in value:
+            yield from _nodes(item)
+    elif isinstance(value, ast.Node):
+        yield value
+        for slot in value.__slots__:
+            yield from _nodes(getattr(value, slot))
+
+
+def _object(target: object, kind: enums.ObjectType) -> Iterator[tuple[str, str]]:
+    """The schema-qualified name in an object reference of the kind ``kind``, if it has one."""
+    if isinstance(target, ast.String):  # a schema, or an object no schema holds (a role, an extension...)
+        if kind == enums.ObjectType.OBJECT_SCHEMA:
+            yield target.sval, _quoted(target.sval)
+    elif isinstance(target, ast.TypeName):
+        yield from _named(target.names)
+    elif isinstance(target, ast.ObjectWithArgs):
+        yield from _named(target.objname)
+    elif isinstance(target, tuple) and target and isinstance(target[0], ast.TypeName):  # a domain's constraint
+        yield from _named(target[0].names)
+    elif isinstance(target, tuple) and all(isinstance(part, ast.String) for part in target):
+        parts = [part.sval for part in target]
+        if kind in _BY_ACCESS_METHOD:
+            parts = parts[1:]
+        owner = parts[:-1] if kind in _PARTS_OF_RELATIONS else parts  # the relation a column or trigger is part of
+        if len(owner) >= 2:
+            yield owner[-2], _qualified(parts[len(owner) - 2 :])
+
+
+def _named(names: object) -> Iterator[tuple[str, str]]:
+    """(schema, name) of a possibly qualified name given as its parts, when it names a schema."""
+    parts = [part.sval for part in names or () if isinstance(part, ast.String)]
+    if len(parts) >= 2:
+        yield parts[-2], _qualified(parts[-2:])
+
+
+def _qualified(parts: list[str]) -> str:
+    return ".".join(_quoted(part) for part in parts)
+
+
+def _quoted(name: str) -> str:
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+def _kind(node: ast.Node, statement: _Statement) -> str:
+    """What the statement does, in SQL's words: "CREATE TABLE", "GRANT ON SCHEMA", "SET search_path"..."""
+    def object_words(kind: enums.ObjectType) -> str:
+        name = kind.name.removeprefix("OBJECT_")
+        return _OBJECT_WORDS.get(name, name.replace("_", " "))
+
+    match node:
+        case ast.CreateStmt():
+            return "CREATE TABLE"
+        case ast.CreateForeignTableStmt():
+            return "CREATE FOREIGN TABLE"
+        case ast.CreateTableAsStmt(objtype=kind):
+            return "CREATE MATERIALIZED VIEW" if kind == enums.ObjectType.OBJECT_MATVIEW else "CREATE TABLE AS"
+        case ast.CreateFunctionStmt(is_procedure=procedure):
+            return "CREATE PROCEDURE" if procedure else "CREATE FUNCTION"
+        case ast.CreateEnumStmt() | ast.CreateRangeStmt() | ast.CompositeTypeStmt():
+            return "CREATE TYPE"
+        case ast.AlterEnumStmt() | ast.AlterTypeStmt():
+            return "ALTER TYPE"
+        case ast.DefineStmt(kind=kind):
+            return f"CREATE {object_words(kind)}"
+        case ast.AlterTableStmt(objtype=kind) | ast.AlterFunctionStmt(objtype=kind):
+            return f"ALTER {object_words(kind)}"
+        case ast.AlterObjectSchemaStmt(objectType=kind):
+            return f"ALTER {object_words(kind)} SET SCHEMA"
+        case ast.RenameStmt(renameType=kind, relationType=relation):
+            return f"ALTER {object_words(relation if kind in _PARTS_OF_RELATIONS else kind)} RENAME"
+        case ast.DropStmt(removeType=kind):
+            return f"DROP {object_words(kind)}"
+        case ast.CommentStmt(objtype=kind):
+            return f"COMMENT ON {object_words(kind)}"
+        case ast.SecLabelStmt(objtype=kind):
+            return f"SECURITY LABEL ON {object_words(kind)}"
+        case ast.GrantStmt(is_grant=grant, objtype=kind, targtype=target_type):
+            verb = "GRANT" if grant else "REVOKE"
+            if target_type == enums.GrantTargetType.ACL_TARGET_ALL_IN_SCHEMA:
+                return f"{verb} ON ALL {object_words(kind)}S IN SCHEMA"
+            return f"{verb} ON {object_words(kind)}"
+        case ast.VariableSetStmt(name=name):
+            return f"SET {name}"
+        case ast.IndexStmt():
+            return "CREATE INDEX"
+        case ast.ViewStmt():
+            return "CREATE VIEW"
+        case ast.CreateSeqStmt():
+            return "CREATE SEQUENCE"
+        case ast.AlterSeqStmt():
+            return "ALTER SEQUENCE"
+        case ast.CreateSchemaStmt():
+            return "CREATE SCHEMA"
+        case ast.CreateDomainStmt():
+            return "CREATE DOMAIN"
+        case ast.AlterDomainStmt():
+            return "ALTER DOMAIN"
+        case ast.CreateStatsStmt():
+            return "CREATE STATISTICS"
+        case ast.CreateTrigStmt():
+            return "CREATE TRIGGER"
+        case ast.RuleStmt():
+            return "CREATE RULE"
+        case ast.AlterDefaultPrivilegesStmt():
+            return "ALTER DEFAULT PRIVILEGES IN SCHEMA"
+        case ast.InsertStmt():
+            return "INSERT INTO"
+        case ast.DeleteStmt():
+            return "DELETE FROM"
+        case ast.MergeStmt():
+            return "MERGE INTO"
+    return " ".join(statement.words[:2])  # CREATE POLICY, UPDATE, SELECT, ...
 
 
 # ---------------------------------------------------------- schema of record
@@ -313,51 +586,60 @@ def schema_of_record(conninfo: str, schema: str) -> str:
 
 
 def _idempotent(dump: str) -> str:
+    script = _read(dump)
     out: list[str] = []
     entry = ""
-    for chunk in _chunks(dump):
-        if not chunk.words:
-            entries = _TOC_ENTRY.findall(chunk.text)
-            entry = entries[-1] if entries else entry
-            # A dropped statement takes its line break along.
-            out.append(chunk.text.removeprefix("\n") if out and out[-1] == "" else chunk.text)
-        else:
-            out.append(_idempotent_statement(chunk, entry))
+    position = 0
+
+    def gap(text: str) -> None:
+        nonlocal entry
+        entries = _TOC_ENTRY.findall(text)
+        entry = entries[-1] if entries else entry
+        # A dropped statement takes its line break along.
+        out.append(text.removeprefix("\n") if out and out[-1] == "" else text)
+
+    for statement in script.statements:
+        if statement.start > position:
+            gap(script.text[position : statement.start])
+        out.append(_idempotent_statement(statement, entry))
+        position = statement.end
+    if position < len(script.text):
+        gap(script.text[position:])
     return "".join(out)
 
 
-def _idempotent_statement(chunk: _Chunk, entry: str) -> str:
+def _idempotent_statement(statement: _Statement, entry: str) -> str:
     """One statement of a pg_dump entry of type ``entry`` in a form that can run twice."""
-    words = chunk.words
+    words = statement.words
     if words[0] == "SET" and words[1:2] not in (["LOCAL"], ["SESSION"]):
         # Settings last as long as the init transaction, no longer: the engine goes on using the session.
-        return "" if "".join(words[1:2]).lower() in _DROPPED_SETTINGS else chunk.insert_after(0, " LOCAL")
-    if chunk.text == _SEARCH_PATH:
+        return "" if "".join(words[1:2]).lower() in _DROPPED_SETTINGS else statement.insert_after(0, " LOCAL")
+    if statement.text == _SEARCH_PATH:
         # pg_dump qualifies every name with this search path, except pg_catalog's: resolving them with
         # the engine's (target schema first) could pick a same-named function of the schema instead.
         return _SEARCH_PATH.replace("false", "true")
     for leading, index, addition in _IDEMPOTENT_FORMS:
         if tuple(words[: len(leading)]) == leading:
             already = words[index + 1 : index + 2] == ["IF"]
-            return chunk.text if already else chunk.insert_after(index, addition)
+            return statement.text if already else statement.insert_after(index, addition)
     if entry in _IDEMPOTENT_ENTRIES and words[0] != "CREATE":  # CREATE CONSTRAINT TRIGGER, say: wrapped
-        return chunk.text
-    return _ignoring_what_exists(chunk)
+        return statement.text
+    return _ignoring_what_exists(statement)
 
 
-def _ignoring_what_exists(chunk: _Chunk) -> str:
+def _ignoring_what_exists(statement: _Statement) -> str:
     """The statement in a ``DO`` block that swallows only "already there" errors."""
-    words = chunk.words
-    statement = chunk.text if chunk.terminated else chunk.text + ";"
+    words = statement.words
+    text = statement.text if statement.terminated else statement.text + ";"
     tag = "$$"
-    while tag in statement:
+    while tag in text:
         tag = f"$do{len(tag)}$"
     if "ATTACH" in words and "PARTITION" in words:
         # A second ATTACH fails with wrong_object_type ("... is already a partition"), an error that
         # also means real mistakes: swallow it only if the table is indeed a partition by now.
         start = words.index("PARTITION", words.index("ATTACH")) + 1
         end = next((i for i in range(start, len(words)) if words[i] in ("FOR", "DEFAULT")), len(words))
-        partition = "".join(t.text for t in chunk.body[start:end]).replace("'", "''")
+        partition = statement.between(start, end).replace("'", "''")
         handler = (
             "EXCEPTION WHEN wrong_object_type THEN\n"
             f"    IF NOT (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = '{partition}'::pg_catalog.regclass)"
@@ -367,7 +649,7 @@ def _ignoring_what_exists(chunk: _Chunk) -> str:
         # A second ADD PRIMARY KEY fails with invalid_table_definition ("multiple primary keys").
         codes = _ALREADY_EXISTS + (("invalid_table_definition",) if _has(words, "PRIMARY", "KEY") else ())
         handler = f"EXCEPTION WHEN {' OR '.join(codes)} THEN NULL;  -- already there\n"
-    return f"DO {tag}BEGIN\n{statement}\n{handler}END{tag};"
+    return f"DO {tag}BEGIN\n{text}\n{handler}END{tag};"
 
 
 def _has(words: list[str], *sequence: str) -> bool:

@@ -1,9 +1,11 @@
 """Init SQL from ``pg_dump``: :func:`prepare` and the schema of record, on real servers.
 
-Schema ``shop`` holds the shapes a service schema may have, and Pagila is a
-public schema this project did not write; every test compares what it builds
-with ``pg_dump`` of the source, so nothing the dump carries can go missing
-unnoticed.
+Schema ``shop`` holds the shapes a service schema may have, and Pagila and
+Chinook are public schemas this project did not write; every test compares
+what it builds with ``pg_dump`` of the source, so nothing the dump carries can
+go missing unnoticed. The init SQL's refusals (transaction control, syntax
+errors, objects outside the schema) are shown through ``engine.migrate`` and
+the command line too, with the target left untouched.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from migrations import engine
+from migrations.connection import Endpoints
 from migrations.errors import MigrationError
-from migrations.init_sql import prepare, schema_of_record
+from migrations.freeze import unfrozen_tables
+from migrations.init_sql import outside_schema, prepare, schema_of_record
 from migrations.rehearsal.localserver import LocalServer
-from tests.public_schemas.clients import load_schema_file
+from tests.public_schemas.clients import dump_schema, load_schema_file
 from tests.support import ROOT, create_database, drop_database
 
 SCHEMA = "shop"
@@ -214,11 +219,77 @@ def test_prepare_makes_only_the_target_schemas_creation_idempotent(statement, pr
         ("SELECT 1;\n-- done\nEND;", "init SQL line 3: END controls"),
         ("SELECT 1; ROLLBACK;", "init SQL line 1: ROLLBACK controls"),
         ("/* two\nlines */ ABORT;", "init SQL line 2: ABORT controls"),
+        ("CREATE TABLE shop.t (a int);\nSAVEPOINT x;", "init SQL line 2: SAVEPOINT controls"),
+        ("SELECT 1;\nSELECT 2;\n\n  ROLLBACK TO SAVEPOINT x;", "init SQL line 4: ROLLBACK TO controls"),
+        ("SELECT 1;\nRELEASE x;", "init SQL line 2: RELEASE controls"),
+        ("PREPARE TRANSACTION 'x';", "init SQL line 1: PREPARE TRANSACTION controls"),
+        ("SELECT 1;\nCOMMIT PREPARED 'x';", "init SQL line 2: COMMIT PREPARED controls"),
+        ("SELECT 1;\nCREATE TABL shop.t (a int);", 'init SQL line 2: syntax error at or near "TABL"'),
+        ("CREATE TABLE shop.t (\n  a int,\n);", 'init SQL line 3: syntax error at or near ")"'),
+        ("SELECT 1;\nSELECT 'never closed;\n", "init SQL line 2: unterminated quoted string"),
+        ("SELECT 1;\n\\echo it's\n", r"init SQL line 2: \echo is a psql meta-command"),
+        ("SELECT 1; \\restrict abc\n", r"init SQL line 1: \restrict is a psql meta-command"),
     ],
 )
 def test_prepare_refuses_meta_commands_and_transaction_control_naming_the_line(text, message):
     with pytest.raises(MigrationError, match=re.escape(message)):
         prepare(text, SCHEMA)
+
+
+def test_prepare_refuses_before_anything_else_even_a_statement_it_would_have_dropped():
+    with pytest.raises(MigrationError, match="init SQL line 3: COMMIT controls"):
+        prepare("ALTER TABLE shop.t OWNER TO x;\nCREATE TABLE shop.u (a int);\nCOMMIT;\n", SCHEMA)
+
+
+def test_prepare_runs_create_extension_first_and_if_not_exists():
+    text = (
+        "SET search_path = shop;\n"
+        "CREATE TABLE items (id int PRIMARY KEY, tags hstore);\n"
+        "CREATE EXTENSION hstore;\n"
+        "CREATE INDEX items_tags ON items USING gist (tags);\n"
+        "CREATE SCHEMA ext;\n"
+        "CREATE EXTENSION IF NOT EXISTS citext SCHEMA ext\n"
+    )
+
+    assert prepare(text, SCHEMA) == (
+        "SET search_path = shop;\n"
+        "CREATE EXTENSION IF NOT EXISTS hstore;\n"
+        "CREATE SCHEMA ext;\n"
+        "CREATE EXTENSION IF NOT EXISTS citext SCHEMA ext;\n"
+        "CREATE TABLE items (id int PRIMARY KEY, tags hstore);\n"
+        "CREATE INDEX items_tags ON items USING gist (tags);\n"
+    )
+    # Already first, after pg_dump's settings and schema: where it was.
+    dumped = "SET row_security = off;\n\nCREATE SCHEMA shop;\n\nCREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA shop;\n"
+    assert prepare(dumped, SCHEMA) == dumped.replace("CREATE SCHEMA shop;", "CREATE SCHEMA IF NOT EXISTS shop;")
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("CREATE TABLE shop.t (a int);\nCREATE TABLE public.x (a int);", ["line 2: CREATE TABLE public.x"]),
+        ("CREATE SCHEMA other;\nCREATE SCHEMA shop;", ["line 1: CREATE SCHEMA other"]),
+        ("ALTER TABLE ONLY public.x ADD COLUMN b int;", ["line 1: ALTER TABLE public.x"]),
+        ("DROP TABLE shop.a, public.b;\nDROP FUNCTION crm.f(int);", ["line 1: DROP TABLE public.b", "line 2: DROP FUNCTION crm.f"]),
+        ("GRANT USAGE ON SCHEMA public TO PUBLIC;", ["line 1: GRANT ON SCHEMA public"]),
+        ("GRANT SELECT ON ALL TABLES IN SCHEMA crm TO x;", ["line 1: GRANT ON ALL TABLES IN SCHEMA crm"]),
+        ("CREATE VIEW shop.v AS SELECT * FROM crm.customers;", ["line 1: CREATE VIEW crm.customers"]),
+        ("CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1';", ["line 1: CREATE FUNCTION public.f"]),
+        ("COMMENT ON COLUMN public.x.a IS 'a';\nCOMMENT ON COLUMN x.a IS 'a';", ["line 1: COMMENT ON COLUMN public.x.a"]),
+        ("ALTER TYPE shop.t SET SCHEMA public;", ["line 1: ALTER TYPE SET SCHEMA public"]),
+        ("SET search_path = public, shop;\nCREATE TABLE t (a int);", ["line 1: SET search_path public"]),
+        # The schema itself, pg_catalog, extensions and what only uses an extension's types and functions: nothing.
+        ("CREATE SCHEMA shop;\nSET search_path = shop, public;\nCREATE TABLE pg_catalog.x (a int);", []),
+        (
+            "CREATE EXTENSION IF NOT EXISTS hstore SCHEMA public;\n"
+            "CREATE TABLE shop.t (id uuid DEFAULT public.uuid_generate_v4(), tags public.hstore, tier crm.tier);\n"
+            "ALTER TABLE public.x OWNER TO someone;\nCOMMENT ON EXTENSION hstore IS 'x';",
+            [],
+        ),
+    ],
+)
+def test_outside_schema_lists_each_statement_that_touches_another_schema(text, found):
+    assert outside_schema(text, SCHEMA) == found
 
 
 # ---------------------------------------------------------------- on servers
@@ -313,3 +384,129 @@ def test_cli_schema_errors_are_one_line(shop, reader, tmp_path, schema, version,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("migrations: error: ") and message in lines[0], result.stderr
     assert SECRET not in result.stderr
+
+
+# ------------------------------------------------ the init's refusals, end to end
+
+# A service schema with an extension's type in a column, and rows in it.
+HSTORE_SOURCE = """
+CREATE SCHEMA shop;
+CREATE EXTENSION hstore SCHEMA shop;
+CREATE TABLE shop.items (id integer PRIMARY KEY, tags shop.hstore);
+INSERT INTO shop.items
+  SELECT i, shop.hstore(ARRAY['n', 'parity'], ARRAY[i::text, CASE WHEN i % 2 = 0 THEN 'even' END])
+  FROM generate_series(1, 200) i;
+"""
+# Written by hand, the extension after the table that uses it.
+HSTORE_INIT = "CREATE TABLE items (id integer PRIMARY KEY, tags hstore);\nCREATE EXTENSION IF NOT EXISTS hstore;\n"
+ITEMS = "SELECT id, tags::text FROM shop.items ORDER BY id"
+
+
+@pytest.fixture(scope="module")
+def hstore_template(source_server: LocalServer) -> Iterator[str]:
+    """A database holding HSTORE_SOURCE, to copy per test (a migration freezes its source); its name."""
+    name = create_database(source_server, "hstore_template")
+    with psycopg.connect(source_server.conninfo(name), autocommit=True) as conn:
+        conn.execute(HSTORE_SOURCE)
+    yield name
+    drop_database(source_server, name)
+
+
+def contents(conninfo: str) -> list[tuple]:
+    """Every schema, relation and extension of a database: what a write would change."""
+    with psycopg.connect(conninfo) as conn:
+        relations = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid"
+            " WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' ORDER BY 1, 2"
+        ).fetchall()
+        return relations + conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall()
+
+
+def rows(conninfo: str, query: str) -> list[tuple]:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_an_extension_after_the_table_that_uses_it_is_created_first(target_server, new_database):
+    target = new_database(target_server, "hstore")  # no hstore yet: only the init creates it
+
+    apply_init(target, SCHEMA, HSTORE_INIT)
+
+    assert rows(target, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'shop.items'::regclass AND attname = 'tags'") == [("shop.hstore",)]
+
+
+def test_migrate_refuses_an_init_that_commits_and_writes_nothing(hstore_template, source_server, target_server, new_database):
+    source = new_database(source_server, "hstore", hstore_template)
+    target = new_database(target_server, "hstore")
+    before = contents(target)
+
+    with pytest.raises(MigrationError, match=re.escape("init SQL line 3: COMMIT controls the transaction")):
+        engine.migrate(Endpoints(source, SCHEMA, target, SCHEMA), init_sql=HSTORE_INIT + "COMMIT;\nCREATE TABLE later (a int);\n", jobs=1)
+
+    assert contents(target) == before
+    with psycopg.connect(source) as conn:
+        assert unfrozen_tables(conn, SCHEMA) == ["items"]
+
+
+def test_migrate_with_the_extension_after_the_table_in_the_init_copies_the_extensions_values(
+    hstore_template, source_server, target_server, new_database
+):
+    source = new_database(source_server, "hstore", hstore_template)
+    target = new_database(target_server, "hstore")
+
+    report = engine.migrate(Endpoints(source, SCHEMA, target, SCHEMA), init_sql=HSTORE_INIT, jobs=1)
+
+    assert report.verified and [t.table for t in report.tables] == ["items"]
+    assert rows(target, ITEMS) == rows(source, ITEMS) and len(rows(target, ITEMS)) == 200
+
+
+def test_an_init_outside_the_schema_is_printed_by_plan_refused_by_copy_and_applied_when_allowed(
+    hstore_template, source_server, target_server, new_database, tmp_path
+):
+    source = new_database(source_server, "hstore", hstore_template)
+    target = new_database(target_server, "hstore")
+    init = tmp_path / "shop_init.sql"
+    init.write_text(HSTORE_INIT + "CREATE TABLE public.audit (at timestamptz);\n", encoding="utf-8")
+    endpoints = ["--source", source, "--source-schema", SCHEMA, "--target", target]
+    before = contents(target)
+    assert outside_schema(init.read_text(), SCHEMA) == ["line 3: CREATE TABLE public.audit"]
+
+    planned = migrations("plan", *endpoints, "--init", str(init), env=os.environ)
+    refused = migrations("copy", *endpoints, "--init", str(init), "--jobs", "1", env=os.environ)
+
+    assert planned.returncode == 0, planned.stderr
+    assert "outside the schema: line 3: CREATE TABLE public.audit\n" in planned.stdout
+    assert refused.returncode == 2 and refused.stdout == ""
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "migrations: error: init SQL touches objects outside schema shop, nothing was written: line 3: CREATE TABLE public.audit;"
+    ) and "--allow-outside-schema" in lines[0], refused.stderr
+    assert contents(target) == before
+    with psycopg.connect(source) as conn:
+        assert unfrozen_tables(conn, SCHEMA) == ["items"]
+
+    allowed = migrations("copy", *endpoints, "--init", str(init), "--jobs", "1", "--allow-outside-schema", env=os.environ)
+
+    assert allowed.returncode == 0, allowed.stderr
+    assert rows(target, "SELECT to_regclass('public.audit') IS NOT NULL") == [(True,)]
+    assert rows(target, ITEMS) == rows(source, ITEMS)
+
+
+@pytest.fixture(scope="module")
+def chinook(source_server: LocalServer) -> Iterator[str]:
+    """Chinook's schema (tests/public_schemas), loaded with psql; its conninfo."""
+    name = create_database(source_server, "chinook")
+    load_schema_file(source_server.bindir, source_server.conninfo(name), ROOT / "tests" / "public_schemas" / "chinook" / "schema.sql")
+    yield source_server.conninfo(name)
+    drop_database(source_server, name)
+
+
+@pytest.mark.parametrize("sample", ["pagila", "chinook"])
+def test_public_schemas_dumps_prepare_with_nothing_outside_their_schema(sample, request, source_server):
+    text = dump_schema(source_server.bindir, request.getfixturevalue(sample), "public")
+    assert "CREATE TABLE public." in text
+
+    prepared = prepare(text, "public")
+
+    assert outside_schema(text, "public") == []
+    assert "OWNER TO" not in prepared and "\\restrict" not in prepared

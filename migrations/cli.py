@@ -27,13 +27,14 @@ from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .extensions import CLOUD_SQL_EXTENSIONS
 from .freeze import freeze, refuse_missing_schema, unfreeze
-from .init_sql import schema_of_record
+from .init_sql import outside_schema, refuse_outside_schema, schema_of_record
 from .rehearsal.localserver import LocalServerError
 from .rehearsal import Options, rehearse
 from .state import OFFLINE, ONLINE
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
+REPORT_ROWS = 60  # relations listed one by one on the terminal
 
 log = logging.getLogger("migrations")
 
@@ -111,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
             help="another service's new database, to count orphans of foreign keys to it (repeatable)",
         )
 
+    def outside(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--allow-outside-schema", action="store_true",
+            help="apply an init SQL that touches objects outside the target schema (plan lists them)",
+        )
+
     plan = command("plan", _plan, "Compare schemas and list cross-service references and what a copy would do. Writes nothing.")
     plan.add_argument("--init", type=Path, metavar="FILE", help="compare with the target as this init SQL would leave it")
     dropped(plan)
@@ -124,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "--keep-frozen", action="store_true",
         help="after a failure, leave the source frozen instead of lifting the freeze (the service stays down)",
     )
+    outside(copy)
     dropped(copy)
     peers(copy)
 
@@ -137,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--service-user", metavar="ROLE", help="grant this role what the service needs in its schema")
     sync.add_argument("--publisher", metavar="DSN", help="how the target server reaches the source, if not as this command does")
     sync.add_argument("--wait", action="store_true", help="wait until every table has finished its initial copy")
+    outside(sync)
     dropped(sync)
 
     cutover = command("cutover", _cutover, "Online mode: freeze the source, catch up, carry sequences, verify, stop replicating.")
@@ -220,7 +229,9 @@ def _read_init(path: Path | None) -> str | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    result = engine.plan(_endpoints(args), _read_init(args.init), frozenset(args.drop_on_purpose))
+    endpoints, init = _endpoints(args), _read_init(args.init)
+    outside = outside_schema(init, endpoints.target_schema) if init is not None else []
+    result = engine.plan(endpoints, init, frozenset(args.drop_on_purpose))
     console = Console()
     table = RichTable("table", "rows (estimate)", "size", "copy format", title=f"schema {result.source.schema}")
     for t in sorted(result.source.tables.values(), key=lambda t: t.name):
@@ -236,6 +247,8 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"needs extension {extension.name} {extension.version} (schema {extension.schema}){offered}")
     for difference in result.differences:
         print(f"drift: {difference}")
+    for statement in outside:
+        print(f"outside the schema: {statement}")
     unoffered = any(e.name not in CLOUD_SQL_EXTENSIONS for e in result.extensions)
     return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered else EXIT_OK
 
@@ -249,6 +262,7 @@ def _copy(args: argparse.Namespace) -> int:
         dropped_on_purpose=frozenset(args.drop_on_purpose),
         peers=dict(args.peer),
         keep_frozen=args.keep_frozen,
+        allow_outside_schema=args.allow_outside_schema,
     )
     return _print_report(report, args.report)
 
@@ -265,12 +279,20 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
+    # Thousands of rows would take seconds to draw and bury the differences: past a
+    # screenful, only the differing relations are listed (the JSON report has all).
+    shown = report.tables if len(report.tables) <= REPORT_ROWS else [t for t in report.tables if t.table in report.mismatched]
     table = RichTable("relation", "kind", "rows", "checksum", "copied", "", title=f"{report.source} -> {report.target}")
-    for t in report.tables:
+    for t in shown:
         copied = f"{t.copied_bytes / 1e6:.1f} MB in {t.copy_seconds:.2f} s" if t.copied_bytes is not None else "-"
         verdict = "DIFFERENT" if t.table in report.mismatched else "identical"
         table.add_row(t.table, t.kind, f"{t.rows:,}", t.checksum, copied, verdict)
-    Console().print(table)
+    if shown:
+        Console().print(table)
+    if len(shown) < len(report.tables):
+        identical = len(report.tables) - len(shown)
+        rows = sum(t.rows for t in report.tables)
+        print(f"{identical:,} of {len(report.tables):,} relations identical ({rows:,} rows); --report FILE lists each")
     for difference in report.mismatched:
         if difference not in {t.table for t in report.tables}:
             print(f"DIFFERENT: {difference}")
@@ -292,10 +314,12 @@ def _print_report(report: engine.MigrationReport, path: Path | None) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    endpoints = _endpoints(args)
+    endpoints, init = _endpoints(args), _read_init(args.init)
+    if init is not None and not args.allow_outside_schema:
+        refuse_outside_schema(init, endpoints.target_schema)
     current = online.sync(
         endpoints,
-        init_sql=_read_init(args.init),
+        init_sql=init,
         service_user=args.service_user,
         dropped_on_purpose=frozenset(args.drop_on_purpose),
         publisher=args.publisher,

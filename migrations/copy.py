@@ -20,7 +20,7 @@ from psycopg import IsolationLevel, sql
 
 from . import as_stored, deferred, state
 from .catalog import Table
-from .connection import Endpoints
+from .connection import Endpoints, one_line
 from .errors import ForeignRows, MigrationError
 from .parallel import run_all, stopping
 
@@ -195,9 +195,14 @@ def _copy_table(
             result = TableCopy(table.name, loaded, bytes_, time.monotonic() - started)
             state.record_copy(cur, endpoints.target_schema, table.name, result.rows, result.bytes, result.seconds)
         target.commit()
-    except BaseException:
+    except BaseException as error:
         if not target.closed:
             target.rollback()
+        if isinstance(error, psycopg.Error) and not isinstance(error, psycopg.errors.QueryCanceled):
+            # A lost connection: say which side broke. A server's own error says where it comes from.
+            sides = (("source", source, endpoints.source_identity), ("target", target, endpoints.target_identity))
+            broken = [f" on the {name} {where}" for name, conn, where in sides if conn.broken]
+            raise MigrationError(f"copy of table {table.name} failed{''.join(broken[:1])}: {one_line(error)}") from None
         raise
     observer.finished(table, result)
     return result

@@ -150,13 +150,13 @@ def restore(
     foreign_keys = [obj for obj in pending if obj.kind == "foreign key"]
 
     largest_first = sorted(two_phase + indexes, key=lambda o: (-sizes.get(o.table, 0), o.kind != "key", o.name))
-    _run_queue(connect_target, run_in_parallel, [_build(target_schema, obj) for obj in largest_first])
+    run_queue(connect_target, run_in_parallel, [_build(target_schema, obj) for obj in largest_first])
 
     # Attaching takes a moment; keys that still build under ALTER TABLE (exclusion
     # constraints, partitioned tables) wait for each other on their table's lock.
     keys = sorted(two_phase + one_phase_keys, key=lambda o: (-sizes.get(o.table, 0), o.name))
-    _run_queue(connect_target, run_in_parallel, [_attach(target_schema, obj) for obj in keys])
-    _run_queue(connect_target, lambda tasks: [task() for task in tasks], [_attach(target_schema, obj) for obj in foreign_keys])
+    run_queue(connect_target, run_in_parallel, [_attach(target_schema, obj) for obj in keys])
+    run_queue(connect_target, lambda tasks: [task() for task in tasks], [_attach(target_schema, obj) for obj in foreign_keys])
     return len(pending)
 
 
@@ -230,7 +230,7 @@ def forget_undeclared(cur: psycopg.Cursor, schema: str, declared: set[str]) -> l
     return [obj.name for obj in stale]
 
 
-def _run_queue(
+def run_queue(
     connect_target: Callable[[], psycopg.Connection],
     run_in_parallel: Callable[[list[Callable[[], None]]], object],
     steps: list[Callable[[psycopg.Cursor], None]],

@@ -110,6 +110,7 @@ def migrate(
     dropped_on_purpose: frozenset[str] = frozenset(),
     peers: dict[str, str] | None = None,
     keep_frozen: bool = False,
+    allow_outside_schema: bool = False,
 ) -> MigrationReport:
     """Init the target, freeze the source, copy, verify. Safe to run again after any failure.
 
@@ -118,10 +119,13 @@ def migrate(
     ``keep_frozen``. ``dropped_on_purpose`` names views, functions and
     triggers that need another service's data and are knowingly left behind;
     ``peers`` maps other service schemas to their new databases, for counting
-    orphans.
+    orphans. An init SQL that touches objects outside the target schema is
+    refused unless ``allow_outside_schema``.
     """
     started = time.monotonic()
     observer = observer or LogObserver()
+    if init_sql is not None and not allow_outside_schema:
+        init_script.refuse_outside_schema(init_sql, endpoints.target_schema)
     with endpoints.connect_target(autocommit=True) as lock_holder:
         if not state.lock(lock_holder, endpoints.target_schema):
             raise MigrationError(f"another migration into {endpoints.target_identity} is running")
@@ -507,13 +511,16 @@ def _finish(
 
 
 def analyze(endpoints: Endpoints, tables: list[str], jobs: int) -> None:
-    """Planner statistics for the copied tables, so the first queries after cutover get real plans."""
+    """Planner statistics for the copied tables, so the first queries after cutover get real plans.
 
-    def one(table: str) -> None:
-        with endpoints.connect_target(autocommit=True) as conn:
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(endpoints.target_schema, table)))
-
-    run_all(jobs, [lambda table=table: one(table) for table in tables])
+    On ``jobs`` open connections: one per table would cost a connection (and a
+    TLS handshake) each, most of the time for a schema of many small tables.
+    """
+    steps = [
+        lambda cur, table=table: cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(endpoints.target_schema, table)))
+        for table in tables
+    ]
+    deferred.run_queue(endpoints.connect_target, lambda tasks: run_all(jobs, tasks), steps)
 
 
 def _report(endpoints: Endpoints, copies: list[TableCopy], verification: SchemaVerification) -> MigrationReport:

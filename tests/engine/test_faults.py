@@ -1,4 +1,4 @@
-"""Server defaults and dead peers cannot break or hang the engine (issue 12, item 1)."""
+"""Server defaults, dead peers and cut links cannot break, hang or silently stop the engine (issue 12)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from psycopg.conninfo import make_conninfo
+
 from migrations import engine
 from migrations.connection import NETWORK_TIMEOUT_VARIABLE, Endpoints
-from migrations.errors import ConnectionFailed
+from migrations.errors import ConnectionFailed, MigrationError
+from migrations.freeze import unfrozen_tables
+from tests.fault_proxy import fault_proxy
 from tests.support import table_rows
 
 SCHEMA = "ledger"
@@ -101,3 +105,33 @@ def test_a_bad_network_timeout_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv(NETWORK_TIMEOUT_VARIABLE, "soon")
     with pytest.raises(ConnectionFailed, match=f"^{NETWORK_TIMEOUT_VARIABLE} must be a whole number of seconds"):
         Endpoints("host=127.0.0.1 dbname=a", "s", "host=127.0.0.1 dbname=b", "s").connect_source()
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_link_cut_mid_copy_names_its_side_and_the_table_lifts_the_freeze_and_a_rerun_converges(
+    side, source_server, target_server, new_database
+):
+    source, target = new_database(source_server, "cut_src"), new_database(target_server, "cut_dst")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(DDL)
+        conn.execute(FILL)
+    server = source_server if side == "source" else target_server
+    # Some MB into the table's COPY: out of the source, or into the target.
+    with fault_proxy(server.port, cut_after=4_000_000, to_server=side == "target") as proxy:
+        via_proxy = make_conninfo(source if side == "source" else target, port=proxy.port)
+        endpoints = Endpoints(via_proxy, SCHEMA, target, SCHEMA) if side == "source" else Endpoints(source, SCHEMA, via_proxy, SCHEMA)
+        with pytest.raises(MigrationError) as failure:
+            engine.migrate(endpoints, init_sql=DDL, jobs=1)
+        assert proxy.cuts == 1
+
+        message = str(failure.value)
+        assert "\n" not in message
+        assert f"copy of table entry failed on the {side} 127.0.0.1:{proxy.port}/" in message, message
+        assert "freeze" in message and "lifted" in message
+        with psycopg.connect(source) as conn:
+            assert unfrozen_tables(conn, SCHEMA) == ["entry"]
+
+        proxy.cut_after = None  # the link is back: the same command, the same route
+        report = engine.migrate(endpoints, init_sql=DDL, jobs=2)
+    assert report.verified
+    assert table_rows(target, SCHEMA) == table_rows(source, SCHEMA)

@@ -126,7 +126,7 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
                                 loaded.append(table)
                                 loaded.sort(key=lambda t: -t.size_bytes)
                         else:
-                            deferred.restore_table(connections[1], endpoints.target_schema, table.name)
+                            _restore_table(endpoints, connections[1], table)
                     except BaseException:
                         failed.set()
                         raise
@@ -136,6 +136,16 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
 
         run_all(jobs, [worker for _ in largest_first])
     return [results[t.name] for t in largest_first]
+
+
+def _restore_table(endpoints: Endpoints, target: psycopg.Connection, table: Table) -> None:
+    try:
+        deferred.restore_table(target, endpoints.target_schema, table.name)
+    except psycopg.Error as error:
+        raise MigrationError(
+            f"rebuilding the indexes and keys of {table.name} on the target {endpoints.target_identity} failed:"
+            f" {one_line(error)}"
+        ) from None
 
 
 def _open(endpoints: Endpoints, snapshot: str) -> tuple[psycopg.Connection, psycopg.Connection]:

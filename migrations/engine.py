@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import psycopg
@@ -497,17 +498,32 @@ def _finish(
     jobs: int,
 ) -> None:
     """Rebuild what was set aside, carry sequences and large objects, refresh materialized views, gather planner statistics."""
-    restored = deferred.restore(endpoints.connect_target, endpoints.target_schema, lambda tasks: run_all(jobs, tasks))
+    on_target = f"on the target {endpoints.target_identity}"
+    with _step(f"rebuilding indexes and constraints {on_target}"):
+        restored = deferred.restore(endpoints.connect_target, endpoints.target_schema, lambda tasks: run_all(jobs, tasks))
     log.info("rebuilt %d indexes and constraints", restored)
-    positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
+    with _step(f"setting sequences {on_target}"):
+        positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
     log.info("set %d sequences", len(positions))
-    oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
-    if carried := large_objects.carry(source, target, endpoints.target_schema, oids):
-        log.info("carried %d large objects", carried)
-    materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
-    analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
-    with target.transaction(), target.cursor() as cur:
-        state.finish_run(cur, endpoints.target_schema)
+    with _step(f"carrying large objects from {endpoints.source_identity}"):
+        oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
+        if carried := large_objects.carry(source, target, endpoints.target_schema, oids):
+            log.info("carried %d large objects", carried)
+    with _step(f"refreshing materialized views {on_target}"):
+        materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
+    with _step(f"analyzing {on_target}"):
+        analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
+        with target.transaction(), target.cursor() as cur:
+            state.finish_run(cur, endpoints.target_schema)
+
+
+@contextmanager
+def _step(doing: str) -> Iterator[None]:
+    """A server's error while ``doing`` something, as one line that says what was being done and where."""
+    try:
+        yield
+    except psycopg.Error as error:
+        raise MigrationError(f"{doing} failed: {one_line(error)}") from None
 
 
 def analyze(endpoints: Endpoints, tables: list[str], jobs: int) -> None:

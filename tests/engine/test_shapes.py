@@ -933,6 +933,7 @@ def test_a_failure_after_the_freeze_lifts_it_and_a_rerun_after_the_fix_completes
             conn.execute("DELETE FROM failure.item WHERE id = 3")
             conn.execute("UPDATE failure.item SET code = 'changed' WHERE id = 4")
     assert "\n" not in message and "item" in message
+    assert "on the target" in message and "failed: could not create unique index" in message  # the step, the side
 
     with psycopg.connect(target, autocommit=True) as conn:  # the fix: no such index in the schema of record
         conn.execute("DROP INDEX IF EXISTS failure.item_code_key")

@@ -94,7 +94,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
             differences = extensions.create(cur, needed, endpoints.source_schema, endpoints.target_schema)
             references.create_shared_types(source, cur, refs)
             if init_sql is not None:
-                _apply_init(cur, endpoints.target_schema, init_sql)
+                _apply_init(cur, endpoints.target_schema, init_sql, needed)
             target_catalog = read_catalog(target, endpoints.target_schema)
         target.rollback()  # planning writes nothing
     differences += compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
@@ -340,11 +340,12 @@ def read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
     return catalog
 
 
-def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str) -> None:
+def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str, needed: Sequence[Extension] = ()) -> None:
     script = init_script.prepare(init_sql, target_schema)
     cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)))
-    # The script may name its own types unqualified.
-    cur.execute(sql.SQL("SET LOCAL search_path = {}, pg_catalog").format(sql.Identifier(target_schema)))
+    # The script may name its own types unqualified, and the extensions' (hstore, citext...), wherever they live.
+    path = [target_schema] + sorted({e.schema for e in needed} - {target_schema}) + ["pg_catalog"]
+    cur.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.SQL(", ").join(map(sql.Identifier, path))))
     try:
         cur.execute(script)
     except psycopg.Error as error:
@@ -391,7 +392,7 @@ def prepare_target(
         for name in references.create_shared_types(source, cur, refs):
             log.info("created %s, shared with another service, in the target", name)
         if init_sql is not None and not (run and run.init_digest == _digest(init_sql)):
-            _apply_init(cur, endpoints.target_schema, init_sql)
+            _apply_init(cur, endpoints.target_schema, init_sql, needed or [])
             if run and run.deferred:
                 declared = deferred.declared(source, endpoints.source_schema)
                 if forgotten := deferred.forget_undeclared(cur, endpoints.target_schema, declared):

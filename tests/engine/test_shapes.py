@@ -861,6 +861,18 @@ def extension_versions(conninfo: str) -> set[tuple[str, str, str]]:
     return set(fetch(conninfo, "SELECT extname::text, extversion, extnamespace::regnamespace::text FROM pg_extension"))
 
 
+def test_an_init_naming_extension_types_unqualified_finds_them_where_they_live(lab: Lab) -> None:
+    """A hand-written schema of record says `citext`, not `public.citext`: the extension lives in public."""
+    unqualified = (
+        ONBOARDING.init_sql.replace("public.uuid_generate_v1()", "uuid_generate_v1()")
+        .replace("public.citext", "citext")
+        .replace("onboarding.hstore", "hstore")
+    )
+    assert "public." not in unqualified
+    source = lab.source(PARTNER, ONBOARDING)
+    migrate_and_compare(lab, ONBOARDING, source=source, init_sql=unqualified)
+
+
 @pytest.mark.parametrize(
     ("shape", "needs"),
     [(PARTNER, {"uuid-ossp", "citext", "pgcrypto"}), (ONBOARDING, {"uuid-ossp", "citext", "hstore"})],

@@ -161,13 +161,14 @@ def migrate(
                 if not report.verified:
                     orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
                     raise VerificationFailed(report.mismatched + orphaned)
-            except MigrationError as error:
-                error.args = (f"{error}; {_after_failure(endpoints, keep_frozen)}",)
-                raise
-            except psycopg.Error as error:
-                raise MigrationError(f"database error: {one_line(error)}; {_after_failure(endpoints, keep_frozen)}") from None
             except BaseException as error:
-                error.add_note(_after_failure(endpoints, keep_frozen))
+                where = f"{_copied_so_far(endpoints, len(source_catalog.tables))}{_after_failure(endpoints, keep_frozen)}"
+                if isinstance(error, psycopg.Error):
+                    raise MigrationError(f"database error: {one_line(error)}; {where}") from None
+                if isinstance(error, MigrationError):
+                    error.args = (f"{error}; {where}",)
+                else:  # Ctrl-C, SIGTERM
+                    error.add_note(where)
                 raise
     log.info(
         "verified %s: %d relations identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity
@@ -237,6 +238,16 @@ def _recheck(
         if changed_objects:
             large_objects.forget(cur, endpoints.target_schema, changed_objects)
         return state.load_run(cur, endpoints.target_schema)
+
+
+def _copied_so_far(endpoints: Endpoints, tables: int) -> str:
+    """How far the copy got, as the target's bookkeeping says (nothing if the target cannot say)."""
+    try:
+        with endpoints.connect_target() as target, target.cursor() as cur:
+            copied = len(state.copied_tables(cur, endpoints.target_schema))
+    except (psycopg.Error, MigrationError):
+        return ""
+    return f"{copied} of {tables} tables copied and kept; "
 
 
 def _after_failure(endpoints: Endpoints, keep_frozen: bool) -> str:

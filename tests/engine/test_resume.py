@@ -166,6 +166,7 @@ def test_an_interrupted_copy_stops_at_once_lifts_the_freeze_and_resumes(
         assert time.monotonic() - sent < 2.5  # the COPY under way was cancelled, not finished
         message = run.stderr.read().strip().splitlines()[-1]
         assert message.startswith(f"migrations: error: {word}") and "freeze" in message and "lifted" in message
+        assert " of 4 tables copied and kept; " in message
         with psycopg.connect(ledger_source) as conn:
             assert len(unfrozen_tables(conn, SCHEMA)) == 4
 

@@ -87,13 +87,14 @@ def set_aside(cur: psycopg.Cursor, schema: str) -> list[DeferredObject]:
     cur.execute(_INDEXES, (schema,))
     indexes = [DeferredObject(table, name, "index", definition) for table, name, definition in cur.fetchall()]
 
-    # Foreign keys first: they depend on the keys they reference.
-    for obj in sorted(constraints, key=lambda o: o.kind != "foreign key"):
-        cur.execute(
-            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(schema, obj.table), sql.Identifier(obj.name))
-        )
-    for obj in indexes:
-        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, obj.name)))
+    # Foreign keys first: they depend on the keys they reference. One round trip for all.
+    drops = [
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(schema, obj.table), sql.Identifier(obj.name))
+        for obj in sorted(constraints, key=lambda o: o.kind != "foreign key")
+    ]
+    drops += [sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, obj.name)) for obj in indexes]
+    if drops:
+        cur.execute(sql.SQL(";\n").join(drops))
     return constraints + indexes
 
 

@@ -54,17 +54,17 @@ def freeze(conn: psycopg.Connection, schema: str) -> list[str]:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(FREEZE_SCHEMA)))
         cur.execute(sql.SQL(_REFUSE_WRITE).format(function=sql.Identifier(FREEZE_SCHEMA, FREEZE_FUNCTION)))
         newly_frozen = [table for table, frozen in _tables(cur, schema) if not frozen]
-        for table in newly_frozen:
-            cur.execute(
-                sql.SQL(
-                    "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}"
-                    " FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
-                ).format(
-                    trigger=sql.Identifier(FREEZE_TRIGGER),
-                    table=sql.Identifier(schema, table),
-                    function=sql.Identifier(FREEZE_SCHEMA, FREEZE_FUNCTION),
-                )
+        _execute_all(cur, [
+            sql.SQL(
+                "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+            ).format(
+                trigger=sql.Identifier(FREEZE_TRIGGER),
+                table=sql.Identifier(schema, table),
+                function=sql.Identifier(FREEZE_SCHEMA, FREEZE_FUNCTION),
             )
+            for table in newly_frozen
+        ])
     return newly_frozen
 
 
@@ -72,13 +72,19 @@ def unfreeze(conn: psycopg.Connection, schema: str) -> list[str]:
     """Lift the freeze on ``schema``; return the tables that were frozen. Idempotent."""
     with conn.transaction(), conn.cursor() as cur:
         frozen = [table for table, is_frozen in _tables(cur, schema) if is_frozen]
-        for table in frozen:
-            cur.execute(
-                sql.SQL("DROP TRIGGER {trigger} ON {table}").format(
-                    trigger=sql.Identifier(FREEZE_TRIGGER), table=sql.Identifier(schema, table)
-                )
+        _execute_all(cur, [
+            sql.SQL("DROP TRIGGER {trigger} ON {table}").format(
+                trigger=sql.Identifier(FREEZE_TRIGGER), table=sql.Identifier(schema, table)
             )
+            for table in frozen
+        ])
     return frozen
+
+
+def _execute_all(cur: psycopg.Cursor, statements: list[sql.Composable]) -> None:
+    """One round trip for all of them, however many tables: on a slow link each would cost one."""
+    if statements:
+        cur.execute(sql.SQL(";\n").join(statements))
 
 
 def refuse_missing_schema(conn: psycopg.Connection, schema: str, consequence: str) -> None:

@@ -86,6 +86,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
     if the migration role could not read every row (see ``access``).
     """
     with endpoints.connect_source() as source, endpoints.connect_target() as target:
+        preflight.check(endpoints, source, target, jobs=1)  # the init must not run, even rolled back, on the source
         source_catalog = read_source(source, endpoints)
         refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
         needed = extensions.needed(source, endpoints.source_schema)

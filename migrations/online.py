@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, engine, extensions, large_objects, materialized_views, references, state
+from . import access, engine, extensions, large_objects, materialized_views, preflight, references, state
 from .connection import Endpoints
 from .errors import MigrationError
 from .freeze import freeze, unfreeze
@@ -71,6 +71,7 @@ def sync(
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            preflight.check(endpoints, source, target, jobs=1)  # the same database twice, the lock table
             catalog = engine.read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
             refs.refuse(endpoints.source_identity)

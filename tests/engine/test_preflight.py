@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from migrations import engine, preflight
+from migrations import engine, online, preflight
 from migrations.connection import Endpoints, describe
 from migrations.errors import MigrationError
 from tests.shapes import Lab, Shape, assert_not_frozen, assert_untouched, capture, cli, differences, error_line, snapshot
@@ -86,6 +86,17 @@ def test_the_same_database_under_another_name_is_refused_before_any_write(lab: L
     assert where(source).startswith("127.0.0.1:") and where(alias).startswith("localhost:")
     assert_not_frozen(source, SHOP.schema)
     assert not differences(before, snapshot(source, SHOP.schema, listed, oids))  # keys and indexes in place
+    with psycopg.connect(source) as conn:
+        assert conn.execute("SELECT to_regnamespace('schema_migration') IS NULL").fetchone()[0]
+
+
+@pytest.mark.parametrize("step", ["plan", "sync"])
+def test_plan_and_sync_refuse_the_same_database_too(lab: Lab, step) -> None:
+    """plan applies the init in a transaction it rolls back, sync subscribes: neither may do it on the source."""
+    source = lab.source(SHOP)
+    run = {"plan": lambda e: engine.plan(e, SHOP.init_sql), "sync": lambda e: online.sync(e, init_sql=SHOP.init_sql)}
+    with pytest.raises(MigrationError, match="are the same database"):
+        run[step](Endpoints(source, SHOP.schema, source, SHOP.schema))
     with psycopg.connect(source) as conn:
         assert conn.execute("SELECT to_regnamespace('schema_migration') IS NULL").fetchone()[0]
 

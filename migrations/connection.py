@@ -41,12 +41,17 @@ NETWORK_TIMEOUT_VARIABLE = "MIGRATIONS_NETWORK_TIMEOUT"
 DEFAULT_NETWORK_TIMEOUT = 30
 
 
-def network_settings() -> dict[str, str]:
-    """libpq parameters that bound how long a dead peer can keep the engine waiting."""
+def network_timeout() -> int:
+    """Seconds within which a dead or stalled peer must be noticed (MIGRATIONS_NETWORK_TIMEOUT, 30 by default)."""
     value = os.environ.get(NETWORK_TIMEOUT_VARIABLE, str(DEFAULT_NETWORK_TIMEOUT))
     if not value.isdigit() or int(value) < 2:
         raise ConnectionFailed(f"{NETWORK_TIMEOUT_VARIABLE} must be a whole number of seconds, at least 2, not {value!r}")
-    seconds = int(value)
+    return int(value)
+
+
+def network_settings() -> dict[str, str]:
+    """libpq parameters that bound how long a dead peer can keep the engine waiting."""
+    seconds = network_timeout()
     return {
         "connect_timeout": str(seconds),
         "keepalives": "1",

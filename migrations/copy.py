@@ -10,6 +10,8 @@ this process in fixed-size blocks, so memory stays flat whatever the table size.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from psycopg import IsolationLevel, sql
 
 from . import as_stored, deferred, state
 from .catalog import Table
-from .connection import Endpoints, one_line
+from .connection import NETWORK_TIMEOUT_VARIABLE, Endpoints, network_timeout, one_line
 from .errors import ForeignRows, MigrationError
 from .parallel import run_all, stopping
 
@@ -175,6 +177,7 @@ def _copy_table(
 
     observer.started(table)
     started = time.monotonic()
+    watch = _Watchdog(endpoints, source, target)
     try:
         with target.cursor() as cur, source.cursor() as out_cur:
             cur.execute("SET LOCAL synchronous_commit = off")
@@ -189,6 +192,7 @@ def _copy_table(
                 # Empty (just checked): truncating it lets COPY FREEZE apply.
                 cur.execute(sql.SQL("TRUNCATE {}").format(target_table))
                 bytes_ = _stream(
+                    watch,
                     out_cur.copy(
                         sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(columns, source_table, format_)
                     ),
@@ -208,9 +212,15 @@ def _copy_table(
     except BaseException as error:
         if not target.closed:
             target.rollback()
+        sides = (("source", source, endpoints.source_identity), ("target", target, endpoints.target_identity))
+        if watch.stalled:
+            where = next(where for name, _, where in sides if name == watch.stalled)
+            raise MigrationError(
+                f"copy of table {table.name} failed on the {watch.stalled} {where}: the link stalled, no data for"
+                f" {watch.seconds} s ({NETWORK_TIMEOUT_VARIABLE}), so the engine broke the connection"
+            ) from None
         if isinstance(error, psycopg.Error) and not isinstance(error, psycopg.errors.QueryCanceled):
             # A lost connection: say which side broke. A server's own error says where it comes from.
-            sides = (("source", source, endpoints.source_identity), ("target", target, endpoints.target_identity))
             broken = [f" on the {name} {where}" for name, conn, where in sides if conn.broken]
             raise MigrationError(f"copy of table {table.name} failed{''.join(broken[:1])}: {one_line(error)}") from None
         raise
@@ -218,22 +228,89 @@ def _copy_table(
     return result
 
 
-def _stream(copy_out: psycopg.Copy, copy_in: psycopg.Copy, advanced) -> int:
-    """Forward the COPY data stream in blocks; return the bytes sent."""
+def _stream(watch: _Watchdog, copy_out: psycopg.Copy, copy_in: psycopg.Copy, advanced) -> int:
+    """Forward the COPY data stream in blocks, under ``watch``; return the bytes sent."""
     sent = rows = reported = 0
     block = bytearray()
-    with copy_out as out, copy_in as into:
+    with watch, copy_out as out, copy_in as into:
         for data in out:
             block += data
             rows += 1
             if len(block) >= WRITE_BLOCK:
+                watch.waiting_on("target")
                 into.write(bytes(block))
+                watch.waiting_on("source")
                 sent += len(block)
                 del block[:]
                 if sent - reported >= PROGRESS_EVERY:
                     reported = sent
                     advanced(rows, sent)
+        watch.waiting_on("target")  # the last block, and the end of the COPY
         if block:
             into.write(bytes(block))
             sent += len(block)
     return sent
+
+
+class _Watchdog:
+    """Breaks the connection a table's COPY stream has waited on for the network timeout with no data moving.
+
+    A link that stays open but stops forwarding (a proxy, a VPN, a NAT) goes
+    unnoticed by TCP keepalives and tcp_user_timeout, since something still
+    acknowledges: reading the source or writing the target would then block
+    for ever. The stream stamps the time before and after it writes each
+    block, milliseconds apart on a healthy link. One thread per stream sleeps
+    until the stamp is the timeout old; then it shuts this end's socket down,
+    which makes the blocked libpq call fail, and ends the stalled session on
+    its server from a new connection, so that the session lets go of its
+    snapshot or its locks now rather than when that server's TCP gives up.
+    Only the stream is watched: index builds and checksums legitimately run
+    long without traffic.
+    """
+
+    def __init__(self, endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Connection):
+        self.seconds = network_timeout()
+        self.stalled = ""  # "source" or "target", once it broke that connection
+        self._sides = {"source": (source, endpoints.connect_source), "target": (target, endpoints.connect_target)}
+        self._lock, self._done = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="copy watchdog", daemon=True)
+
+    def waiting_on(self, side: str) -> None:
+        """A block just moved; the next one waits on ``side``."""
+        self._waiting = (side, time.monotonic())
+
+    def __enter__(self) -> _Watchdog:
+        self.waiting_on("source")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._done.set()
+        # Ending a stalled session on its server takes a new connection, which
+        # the same stall may hang: the stream does not wait for it past the timeout.
+        self._thread.join(self.seconds)
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.seconds - (time.monotonic() - self._waiting[1])):
+            side, since = self._waiting
+            if time.monotonic() - since < self.seconds:
+                continue
+            with self._lock:
+                if self._done.is_set():
+                    return
+                self.stalled = side
+            conn, connect = self._sides[side]
+            log.warning("no data from the %s for %d s: breaking the connection", side, self.seconds)
+            try:
+                pid = conn.info.backend_pid
+                with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, psycopg.Error):
+                return  # closed already
+            try:
+                with connect(autocommit=True) as other:
+                    other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            except (psycopg.Error, MigrationError) as error:  # that server may be out of reach too
+                log.warning("could not end the stalled session on the %s: %s", side, one_line(error))
+            return

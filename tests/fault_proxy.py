@@ -1,10 +1,12 @@
-"""A TCP proxy on 127.0.0.1 that cuts connections, for the engine's fault tests.
+"""A TCP proxy on 127.0.0.1 that cuts or stalls connections, for the engine's fault tests.
 
 Every connection it accepts is forwarded to ``upstream``; once ``cut_after``
 bytes have passed one way on one connection (from the server: a COPY out of
 the source; to the server: a COPY into the target), that connection is closed
-on both sides, as a failing link or a dying server would. Connections that
-stay under the limit (a reconnect to lift the freeze) pass untouched.
+on both sides, as a failing link or a dying server would; with ``stall``, it
+stays open on both sides but nothing more is forwarded that way, as a proxy, a
+VPN or a NAT that stopped forwarding would. Connections that stay under the
+limit (a reconnect to lift the freeze) pass untouched.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from contextlib import contextmanager
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, cut_after: int | None = None, *, to_server: bool = False) -> None:
+    def __init__(
+        self, upstream_port: int, cut_after: int | None = None, *, to_server: bool = False, stall: bool = False
+    ) -> None:
         self.upstream_port = upstream_port
         self.cut_after = cut_after
         self.to_server = to_server
-        self.cuts = 0
+        self.stall = stall
+        self.cuts = self.stalls = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
         self._stop = threading.Event()
@@ -51,7 +56,11 @@ class FaultProxy:
         try:
             while data := src.recv(65536):
                 if limit is not None and moved + len(data) > limit:
-                    self.cuts += 1
+                    if self.stall:  # stop reading and forwarding; both sockets stay open
+                        self.stalls += 1
+                        self._stop.wait()
+                    else:
+                        self.cuts += 1
                     break
                 dst.sendall(data)
                 moved += len(data)
@@ -65,6 +74,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self._stop.set()
+        self._threads[0].join()  # it accepts no more before its listener goes
         for sock in self._sockets:
             try:
                 sock.close()
@@ -74,8 +84,10 @@ class FaultProxy:
 
 
 @contextmanager
-def fault_proxy(upstream_port: int, cut_after: int | None = None, *, to_server: bool = False) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(upstream_port, cut_after, to_server=to_server)
+def fault_proxy(
+    upstream_port: int, cut_after: int | None = None, *, to_server: bool = False, stall: bool = False
+) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream_port, cut_after, to_server=to_server, stall=stall)
     try:
         yield proxy
     finally:

@@ -135,3 +135,59 @@ def test_a_link_cut_mid_copy_names_its_side_and_the_table_lifts_the_freeze_and_a
         report = engine.migrate(endpoints, init_sql=DDL, jobs=2)
     assert report.verified
     assert table_rows(target, SCHEMA) == table_rows(source, SCHEMA)
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_link_that_stalls_mid_copy_is_broken_in_bounded_time_naming_its_side_and_a_rerun_converges(
+    side, source_server, target_server, new_database, monkeypatch
+):
+    monkeypatch.setenv(NETWORK_TIMEOUT_VARIABLE, "3")
+    source, target = new_database(source_server, "stall_src"), new_database(target_server, "stall_dst")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(DDL)
+        conn.execute(FILL)
+    server = source_server if side == "source" else target_server
+    # Some MB into the table's COPY the link stops forwarding, both sockets left open.
+    with fault_proxy(server.port, cut_after=4_000_000, to_server=side == "target", stall=True) as proxy:
+        via_proxy = make_conninfo(source if side == "source" else target, port=proxy.port)
+        endpoints = Endpoints(via_proxy, SCHEMA, target, SCHEMA) if side == "source" else Endpoints(source, SCHEMA, via_proxy, SCHEMA)
+        started = time.monotonic()
+        with pytest.raises(MigrationError) as failure:
+            engine.migrate(endpoints, init_sql=DDL, jobs=1)
+        assert time.monotonic() - started < 10
+        assert proxy.stalls == 1
+
+        message = str(failure.value)
+        assert "\n" not in message
+        assert f"copy of table entry failed on the {side} 127.0.0.1:{proxy.port}/" in message, message
+        assert "stalled, no data for 3 s" in message, message
+        assert "freeze" in message and "lifted" in message
+        with psycopg.connect(source) as conn:
+            assert unfrozen_tables(conn, SCHEMA) == ["entry"]
+
+        proxy.cut_after = None  # the link forwards again: the same command, the same route
+        report = engine.migrate(endpoints, init_sql=DDL, jobs=2)
+    assert report.verified
+    assert table_rows(target, SCHEMA) == table_rows(source, SCHEMA)
+
+
+def test_a_healthy_copy_through_a_proxy_with_a_short_network_timeout_raises_no_false_alarm(
+    source_server, target_server, new_database, monkeypatch
+):
+    monkeypatch.setenv(NETWORK_TIMEOUT_VARIABLE, "3")
+    source, target = new_database(source_server, "calm_src"), new_database(target_server, "calm_dst")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(DDL)
+        conn.execute(FILL)
+    # Stall mode, but no limit: every connection passes whole, its COPY included.
+    with (
+        fault_proxy(source_server.port, stall=True) as from_source,
+        fault_proxy(target_server.port, stall=True) as to_target,
+    ):
+        endpoints = Endpoints(
+            make_conninfo(source, port=from_source.port), SCHEMA, make_conninfo(target, port=to_target.port), SCHEMA
+        )
+        report = engine.migrate(endpoints, init_sql=DDL, jobs=2)
+    assert report.verified
+    assert from_source.stalls == to_target.stalls == 0
+    assert table_rows(target, SCHEMA) == table_rows(source, SCHEMA)

@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     options = Options(
         size_mb=args.size_mb, rounds=args.rounds, jobs=args.jobs, tools=names, schema=args.schema,
-        workdir=args.workdir, json_path=args.json, keep=args.keep,
+        workdir=args.workdir, json_path=args.json, keep=args.keep, tables=args.tables, latency_ms=args.latency_ms,
     )
+    if (args.tables is not None and args.tables < 2) or args.latency_ms < 0:
+        print("bench: error: --tables takes 2 or more, --latency-ms 0 or more", file=sys.stderr)
+        return EXIT_ERROR
     console = Console(highlight=False, width=max(112, Console().width))
     try:
         results = run(options, console)
@@ -61,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=Options.jobs, help="parallel jobs for every tool (default: cores, %(default)s)")
     parser.add_argument("--tools", default=",".join(Options.tools), help="comma-separated subset of %(default)s")
     parser.add_argument("--schema", default=Options.schema, help="name of the generated schema (default %(default)s)")
+    parser.add_argument("--tables", type=int, help="the many-tables shape instead: N small tables (a few rows, a key and an index each); --size-mb is then ignored")
+    parser.add_argument("--latency-ms", type=float, default=0, help="every tool reaches both servers through a local proxy adding this delay each way (default 0: straight); the engine is also run straight, for the ratio")
     parser.add_argument("--workdir", type=Path, help="where servers and logs live (default: a new temporary directory)")
     parser.add_argument("--json", type=Path, help="write the results here (default: results.json in the work directory)")
     parser.add_argument("--keep", action="store_true", help="leave the files in the work directory (the servers stop when the benchmark ends)")
@@ -78,7 +83,7 @@ def print_results(results: dict, console: Console) -> None:
         f"data: {source['bytes'] / 1e6:.0f} MB on disk ({source['tables']} tables, {source['rows']:,} rows,"
         f" largest {source['largest_table']} {source['largest_table_bytes'] / source['bytes']:.0%})"
     )
-    table = Table(title="Copy of one service schema into an empty database (median of the identical runs)")
+    table = Table(title=f"{results['title']} (median of the identical runs)")
     for column, justify in (("tool", "left"), ("median s", "right"), ("runs s", "right"), ("MB/s", "right"),
                             ("peak MB", "right"), ("engine speed-up", "right"), ("identical", "right")):
         table.add_column(column, justify=justify)

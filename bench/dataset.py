@@ -37,6 +37,17 @@ SMALL_TABLES = (
     "sender_domains", "tracking_domains", "budgets_history", "approval_steps", "labels", "label_links",
 )
 SMALL_ROWS = 800
+# The many-tables shape (``--tables N``): N tables like the lookups above, each a few rows, no large table.
+MANY_ROWS = 5
+
+
+def small_tables(tables: int | None = None) -> tuple[str, ...]:
+    """The lookup tables' names: the 24 above, or ``t00001`` ... for the many-tables shape."""
+    return SMALL_TABLES if tables is None else tuple(f"t{n:05d}" for n in range(1, tables + 1))
+
+
+def _small_rows(tables: int | None) -> int:
+    return SMALL_ROWS if tables is None else MANY_ROWS
 
 ENUM = "CREATE TYPE {schema}.lifecycle AS ENUM ('draft', 'active', 'paused', 'archived')"
 
@@ -158,38 +169,41 @@ class Shape:
     rows: dict[str, int]
 
     @classmethod
-    def for_size(cls, size_mb: float) -> Shape:
+    def for_size(cls, size_mb: float, tables: int | None = None) -> Shape:
+        """``tables``: the many-tables shape instead (``size_mb`` is then ignored)."""
         budget = size_mb * 1e6
-        rows = {name: max(50, int(budget * share / per_row)) for name, (share, per_row) in LARGE_TABLES.items()}
-        rows |= {name: SMALL_ROWS for name in SMALL_TABLES}
+        rows = {} if tables is not None else {
+            name: max(50, int(budget * share / per_row)) for name, (share, per_row) in LARGE_TABLES.items()
+        }
+        rows |= {name: _small_rows(tables) for name in small_tables(tables)}
         return cls(rows)
 
 
-def init_sql(schema: str) -> str:
+def init_sql(schema: str, tables: int | None = None) -> str:
     """The whole schema as an idempotent script (as the project's init scripts are): keys inline, IF NOT EXISTS.
 
     Run again on a resumed copy, it leaves existing tables alone.
     """
     s = _q(schema)
     inline: dict[str, list[str]] = {}
-    statements = [st.strip().rstrip(";") for st in (_keys(schema) + _foreign_keys(schema)).split(";\n") if st.strip()]
+    statements = [st.strip().rstrip(";") for st in (_keys(schema, tables) + _foreign_keys(schema, tables)).split(";\n") if st.strip()]
     indexes = []
     for statement in statements:
         if added := re.fullmatch(re.escape(s) + r"\.(\w+) ADD (CONSTRAINT .*)", statement.removeprefix("ALTER TABLE "), re.S):
             inline.setdefault(added.group(1), []).append(added.group(2))
         else:
             indexes.append(statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1) + ";")
-    tables = []
-    for match in re.finditer(r"CREATE TABLE (\S+)\.(\w+) \((.*?)\n\)", _tables(schema), re.S):
+    creates = []
+    for match in re.finditer(r"CREATE TABLE (\S+)\.(\w+) \((.*?)\n\)", _tables(schema, tables), re.S):
         columns = match.group(3).rstrip() + "".join(f",\n    {c}" for c in inline.get(match.group(2), []))
-        tables.append(f"CREATE TABLE IF NOT EXISTS {match.group(1)}.{match.group(2)} ({columns}\n);")
+        creates.append(f"CREATE TABLE IF NOT EXISTS {match.group(1)}.{match.group(2)} ({columns}\n);")
     enum = f"DO $$ BEGIN {_enum(schema)}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
-    return "\n".join([enum, *tables, *indexes]) + "\n"
+    return "\n".join([enum, *creates, *indexes]) + "\n"
 
 
-def bare_sql(schema: str) -> str:
+def bare_sql(schema: str, tables: int | None = None) -> str:
     """Types and tables only: no key, index or constraint."""
-    return f"CREATE SCHEMA IF NOT EXISTS {_q(schema)};\n" + _enum(schema) + ";\n" + _tables(schema)
+    return f"CREATE SCHEMA IF NOT EXISTS {_q(schema)};\n" + _enum(schema) + ";\n" + _tables(schema, tables)
 
 
 def _q(schema: str) -> str:
@@ -200,32 +214,50 @@ def _enum(schema: str) -> str:
     return ENUM.format(schema=_q(schema))
 
 
-def _tables(schema: str) -> str:
+def _tables(schema: str, tables: int | None = None) -> str:
     s = _q(schema)
-    small = [SMALL_DDL.format(table=f"{s}.{name}").strip() + ";" for name in SMALL_TABLES]
-    return LARGE_DDL.format(schema=s) + "\n".join(small) + "\n"
+    small = [SMALL_DDL.format(table=f"{s}.{name}").strip() + ";" for name in small_tables(tables)]
+    return (LARGE_DDL.format(schema=s) if tables is None else "\n") + "\n".join(small) + "\n"
 
 
-def _keys(schema: str) -> str:
+def _keys(schema: str, tables: int | None = None) -> str:
     s = _q(schema)
-    small = [SMALL_KEYS.format(table=f"{s}.{n}", pkey=f"{n}_pkey", ukey=f"{n}_code_key") for n in SMALL_TABLES]
-    return LARGE_KEYS.format(schema=s) + "".join(small)
+    small = [SMALL_KEYS.format(table=f"{s}.{n}", pkey=f"{n}_pkey", ukey=f"{n}_code_key") for n in small_tables(tables)]
+    return (LARGE_KEYS.format(schema=s) if tables is None else "\n") + "".join(small)
 
 
-def _foreign_keys(schema: str) -> str:
+def _foreign_keys(schema: str, tables: int | None = None) -> str:
     s = _q(schema)
     # Every other small table refers to the one before it: a chain of lookups.
     small = [
         SMALL_FOREIGN_KEY.format(table=f"{s}.{child}", fkey=f"{child}_parent_fkey", parent=f"{s}.{parent}") + ";"
-        for parent, child in zip(SMALL_TABLES[0::2], SMALL_TABLES[1::2])
+        for parent, child in zip(small_tables(tables)[0::2], small_tables(tables)[1::2])
     ]
-    return LARGE_FOREIGN_KEYS.format(schema=s) + "\n".join(small) + "\n"
+    return (LARGE_FOREIGN_KEYS.format(schema=s) if tables is None else "") + "\n".join(small) + "\n"
 
 
-def _fill_statements(schema: str, shape: Shape, chunks: int) -> list[tuple[str, str]]:
+def _fill_statements(schema: str, shape: Shape, chunks: int, tables: int | None = None) -> list[tuple[str, str]]:
     """(table, INSERT ... SELECT) pairs; the largest tables are cut in ``chunks`` id ranges."""
     s = _q(schema)
     rows = shape.rows
+    i = "g.i"
+    statements: list[tuple[str, str]] = []
+    if tables is None:
+        statements += _large_fill_statements(s, rows, chunks)
+    n_rows = _small_rows(tables)
+    for n, name in enumerate(small_tables(tables)):
+        parent_rows = n_rows if n % 2 else 0
+        parent = f"1 + {_rand(i, 70 + n, parent_rows)}" if parent_rows else "NULL::int"
+        statements.append((name, f"""
+        INSERT INTO {s}.{name}
+        SELECT {i}, '{name[:3]}-' || {i}, {_text(i, 80 + n, 6, 30)}, CASE WHEN {i} % 7 = 0 THEN NULL ELSE {parent} END,
+               jsonb_build_object('weight', {_rand(i, 90 + n, 100)}, 'hint', {_text(i, 100 + n, 10, 60)}),
+               {i} % 9 <> 0, timestamptz '2024-01-01 00:00+00' + {i} * interval '1 hour'
+        FROM generate_series(1, {n_rows}) AS g(i), (SELECT {POOL} AS p) AS pool"""))
+    return statements
+
+
+def _large_fill_statements(s: str, rows: dict[str, int], chunks: int) -> list[tuple[str, str]]:
     n_partners, n_campaigns = rows["partners"], rows["campaigns"]
     i = "g.i"
     statements: list[tuple[str, str]] = []
@@ -288,16 +320,6 @@ def _fill_statements(schema: str, shape: Shape, chunks: int) -> list[tuple[str, 
                                   'items', jsonb_build_array({_rand(i, 64, 9999)}, {_rand(i, 65, 9999)}),
                                   'note', {_text(i, 66, 60, 180)})
         FROM generate_series({{low}}, {{high}}) AS g(i), (SELECT {POOL} AS p) AS pool""", chunks * 4)
-
-    for n, name in enumerate(SMALL_TABLES):
-        parent_rows = SMALL_ROWS if n % 2 else 0
-        parent = f"1 + {_rand(i, 70 + n, parent_rows)}" if parent_rows else "NULL::int"
-        statements.append((name, f"""
-        INSERT INTO {s}.{name}
-        SELECT {i}, '{name[:3]}-' || {i}, {_text(i, 80 + n, 6, 30)}, CASE WHEN {i} % 7 = 0 THEN NULL ELSE {parent} END,
-               jsonb_build_object('weight', {_rand(i, 90 + n, 100)}, 'hint', {_text(i, 100 + n, 10, 60)}),
-               {i} % 9 <> 0, timestamptz '2024-01-01 00:00+00' + {i} * interval '1 hour'
-        FROM generate_series(1, {SMALL_ROWS}) AS g(i), (SELECT {POOL} AS p) AS pool"""))
     return statements
 
 
@@ -306,19 +328,21 @@ def generate(
     schema: str,
     size_mb: float,
     run_in_parallel: Callable[[list[Callable[[], None]]], object],
+    tables: int | None = None,
 ) -> Shape:
     """Create ``schema`` through ``connect()`` and fill it to about ``size_mb`` on disk.
 
     ``run_in_parallel`` runs independent steps (the chunks of the large tables,
-    then the index builds) at once.
+    then the index builds) at once. ``tables``: the many-tables shape instead
+    (N small tables, ``size_mb`` ignored).
     """
-    shape = Shape.for_size(size_mb)
+    shape = Shape.for_size(size_mb, tables)
     with connect() as conn:
         conn.autocommit = True
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         conn.execute(_enum(schema))
-        conn.execute(_tables(schema))
+        conn.execute(_tables(schema, tables))
 
     def execute(statement: str) -> Callable[[], None]:
         def run() -> None:
@@ -329,16 +353,22 @@ def generate(
                 conn.execute(statement)
         return run
 
-    statements = _fill_statements(schema, shape, chunks=4)
+    statements = _fill_statements(schema, shape, chunks=4, tables=tables)
     # Longest first, so the two cores stay busy to the end.
     order = sorted(statements, key=lambda ts: -shape.rows[ts[0]])
-    run_in_parallel([execute(statement) for _, statement in order])
+    fills = [statement for _, statement in order]
+    if tables is not None:  # many small statements: a few dozen per connection
+        fills = [";".join(fills[k:k + 50]) for k in range(0, len(fills), 50)]
+    run_in_parallel([execute(statement) for statement in fills])
     by_table: dict[str, list[str]] = {}
-    for statement in filter(None, (s.strip() for s in _keys(schema).split(";\n"))):
+    for statement in filter(None, (s.strip() for s in _keys(schema, tables).split(";\n"))):
         table = re.search(re.escape(_q(schema)) + r"\.(\w+)", statement).group(1)
         by_table.setdefault(table, []).append(statement.rstrip(";"))
-    run_in_parallel([execute(";".join(group)) for group in sorted(by_table.values(), key=len, reverse=True)])
-    run_in_parallel([execute(_foreign_keys(schema))])
+    groups = [";".join(group) for group in sorted(by_table.values(), key=len, reverse=True)]
+    if tables is not None:
+        groups = [";".join(groups[k:k + 50]) for k in range(0, len(groups), 50)]
+    run_in_parallel([execute(group) for group in groups])
+    run_in_parallel([execute(_foreign_keys(schema, tables))])
     with connect() as conn:
         conn.autocommit = True
         for table in shape.rows:

@@ -26,6 +26,7 @@ from migrations.rehearsal.localserver import LocalServer, LocalServerError
 from migrations.parallel import run_all
 
 from . import compare, dataset, measure, tools
+from .latency import LatencyProxy
 
 # Both servers alike, as a tuned production pair would be; nothing a tool sets
 # for itself (maintenance_work_mem, synchronous_commit...) is set here.
@@ -43,6 +44,7 @@ TARGETS = {
     "pgcopydb": 1.0,
     "verify_share": 0.25,  # the engine's verification over its copy time, at most
     "engine_peak_mb": 200,
+    "latency": 1.5,  # the engine through the latency proxy over the engine straight to the servers, at most
 }
 
 
@@ -56,6 +58,14 @@ class Options:
     workdir: Path | None = None
     json_path: Path | None = None
     keep: bool = False
+    tables: int | None = None  # the many-tables shape: N small tables instead of the service schema
+    latency_ms: float = 0  # every tool through a proxy adding this much each way
+
+
+def shape_title(options: Options) -> str:
+    what = f"{options.tables:,} small tables" if options.tables is not None else "one service schema"
+    latency = f", {options.latency_ms:g} ms each way" if options.latency_ms else ""
+    return f"Copy of {what} into an empty database{latency}"
 
 
 @dataclass
@@ -76,33 +86,43 @@ def run(options: Options, console: Console) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)
     chosen = [cls() for cls in tools.ALL if cls.name in options.tools]
+    if options.latency_ms and "engine" in options.tools:
+        chosen.insert(1, tools.EngineLocal())
     missing = {tool.name: reason for tool in chosen if (reason := tool.missing())}
     for name, reason in missing.items():
         console.print(f"[yellow]{name}: absent — not measured ({reason})[/yellow]")
     runnable = [tool for tool in chosen if tool.name not in missing]
 
     servers: list[LocalServer] = []
+    proxies: list[LatencyProxy] = []
+    settings = server_settings(options)
     try:
-        source = LocalServer.start(workdir, "source", settings=SERVER_SETTINGS)
+        source = LocalServer.start(workdir, "source", settings=settings)
         servers.append(source)
-        target = LocalServer.start(workdir, "target", settings=SERVER_SETTINGS)
+        target = LocalServer.start(workdir, "target", settings=settings)
         servers.append(target)
-        passfile = _passfile(workdir, servers)
+        if options.latency_ms:
+            proxies = [LatencyProxy((server.host, server.port), options.latency_ms / 1000) for server in servers]
+        passfile = _passfile(workdir, servers, proxies)
         env = tools.tool_env(passfile)
         init_sql = workdir / "init.sql"
-        init_sql.write_text(dataset.init_sql(options.schema), encoding="utf-8")
+        init_sql.write_text(dataset.init_sql(options.schema, options.tables), encoding="utf-8")
         ctx = tools.Context(
             source=source, target=target, source_db=SOURCE_DB, target_db=TARGET_DB, schema=options.schema,
             jobs=options.jobs, workdir=workdir, env=env, init_sql=init_sql,
-            bare_sql=dataset.bare_sql(options.schema),
+            bare_sql=dataset.bare_sql(options.schema, options.tables),
+            proxies={server.port: (proxy.host, proxy.port) for server, proxy in zip(servers, proxies)},
         )
+        if proxies:
+            console.print(f"every tool reaches both servers through a proxy adding {options.latency_ms:g} ms each way")
 
-        console.print(f"generating about {options.size_mb:g} MB of schema {options.schema} ...")
+        shape = f"{options.tables} small tables" if options.tables is not None else f"about {options.size_mb:g} MB"
+        console.print(f"generating {shape} of schema {options.schema} ...")
         generation_started = time.monotonic()
         source_facts = _generate(ctx, options)
         source_facts["generate_seconds"] = round(time.monotonic() - generation_started, 1)
         console.print(_describe_source(source_facts))
-        reference = compare.snapshot(ctx.source_dsn, ctx.schema, ctx.jobs)
+        reference = compare.snapshot(ctx.direct_dsn(ctx.source, ctx.source_db), ctx.schema, ctx.jobs)
 
         attempts: dict[str, list[Attempt]] = {tool.name: [] for tool in runnable}
         for round_ in range(1, options.rounds + 1):
@@ -117,6 +137,8 @@ def run(options: Options, console: Console) -> dict:
         results["workdir"] = str(workdir)
         return results
     finally:
+        for proxy in proxies:
+            proxy.close()
         if not options.keep:
             for server in reversed(servers):
                 try:
@@ -128,13 +150,28 @@ def run(options: Options, console: Console) -> dict:
             (workdir / "client.pgpass").unlink(missing_ok=True)
 
 
-def _passfile(workdir: Path, servers: list[LocalServer]) -> Path:
-    """One .pgpass for both servers (each line bound to its port), for the tools' PGPASSFILE."""
+def server_settings(options: Options) -> dict[str, str]:
+    """SERVER_SETTINGS, and for many tables a lock table that holds them all in one transaction.
+
+    The engine loads the whole schema in one transaction and refuses to start
+    when the target's lock table is too small for it (about 12 locks a table
+    here: table, TOAST, indexes, sequence), naming this setting; it is raised
+    the way its message asks, on both servers, for every tool alike.
+    """
+    settings = dict(SERVER_SETTINGS)
+    if options.tables is not None:
+        settings["max_locks_per_transaction"] = str(max(64, -(-15 * options.tables // 100)))
+    return settings
+
+
+def _passfile(workdir: Path, servers: list[LocalServer], proxies: list[LatencyProxy] = ()) -> Path:
+    """One .pgpass for both servers (each line bound to its port, and its proxy's), for the tools' PGPASSFILE."""
     lines = []
-    for server in servers:
+    for n, server in enumerate(servers):
+        ports = [server.port] + ([proxies[n].port] if proxies else [])
         for line in server.passfile.read_text(encoding="utf-8").splitlines():
             host, _port, rest = line.split(":", 2)
-            lines.append(f"{host}:{server.port}:{rest}\n")
+            lines.extend(f"{host}:{port}:{rest}\n" for port in ports)
     path = workdir / "client.pgpass"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -143,12 +180,14 @@ def _passfile(workdir: Path, servers: list[LocalServer]) -> Path:
 
 
 def _generate(ctx: tools.Context, options: Options) -> dict:
-    admin = psycopg.conninfo.make_conninfo(ctx.conninfo(ctx.source, "postgres"), passfile=ctx.env["PGPASSFILE"])
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(ctx.direct_dsn(ctx.source, "postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SOURCE_DB)))
-    connect = lambda: psycopg.connect(ctx.source_dsn)  # noqa: E731
-    shape = dataset.generate(connect, ctx.schema, options.size_mb, lambda tasks: run_all(ctx.jobs, tasks))
-    with psycopg.connect(ctx.source_dsn, autocommit=True) as conn:
+    source_dsn = ctx.direct_dsn(ctx.source, ctx.source_db)
+    connect = lambda: psycopg.connect(source_dsn)  # noqa: E731
+    shape = dataset.generate(
+        connect, ctx.schema, options.size_mb, lambda tasks: run_all(ctx.jobs, tasks), tables=options.tables
+    )
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(OTHER_SCHEMA)))
         conn.execute(
             sql.SQL("CREATE TABLE {} AS SELECT i AS id, md5(i::text) AS note FROM generate_series(1, 10000) AS i").format(
@@ -175,8 +214,7 @@ def _generate(ctx: tools.Context, options: Options) -> dict:
 
 
 def _fresh_target(ctx: tools.Context) -> None:
-    admin = psycopg.conninfo.make_conninfo(ctx.conninfo(ctx.target, "postgres"), passfile=ctx.env["PGPASSFILE"])
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(ctx.direct_dsn(ctx.target, "postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TARGET_DB)))
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(TARGET_DB)))
         conn.execute("CHECKPOINT")  # each tool starts with no dirty pages left by the one before
@@ -189,7 +227,7 @@ def _attempt(tool: tools.Tool, ctx: tools.Context, reference: compare.Snapshot, 
     except (measure.ProgramFailed, psycopg.Error, OSError, KeyError, ValueError) as error:
         attempt = Attempt(round_, 0.0, None, False, error=str(error))
     else:
-        copy = compare.snapshot(ctx.target_dsn, ctx.schema, ctx.jobs, structure=tool.structure)
+        copy = compare.snapshot(ctx.direct_dsn(ctx.target, ctx.target_db), ctx.schema, ctx.jobs, structure=tool.structure)
         found = compare.differences(reference, copy, structure=tool.structure)
         sequences = compare.sequence_differences(reference, copy) if tool.structure else []
         attempt = Attempt(round_, result.seconds, result.peak_bytes, not found, found[:10], sequences[:5], result.details)
@@ -270,8 +308,12 @@ def _summary(options, chosen, missing, attempts, source_facts, ctx) -> dict:
 
     return {
         "machine": _machine(ctx),
-        "options": {"size_mb": options.size_mb, "rounds": options.rounds, "jobs": options.jobs},
-        "server_settings": SERVER_SETTINGS,
+        "options": {
+            "size_mb": options.size_mb, "rounds": options.rounds, "jobs": options.jobs, "tables": options.tables,
+            "latency_ms": options.latency_ms,
+        },
+        "title": shape_title(options),
+        "server_settings": server_settings(options),
         "source": source_facts,
         "tools": per_tool,
         "targets": _targets(per_tool),
@@ -297,6 +339,14 @@ def _targets(per_tool: dict) -> list[dict]:
         else:
             speedup = entry["engine_speedup"]
             check(f"engine vs {other}", goal, f"{speedup:.2f}x", speedup >= TARGETS[other])
+    local = per_tool.get("engine_local", {})
+    if local.get("available"):
+        goal = f"<= {TARGETS['latency']}x"
+        if engine.get("median_seconds") and local.get("median_seconds"):
+            ratio = engine["median_seconds"] / local["median_seconds"]
+            check("engine through the latency proxy vs straight", goal, f"{ratio:.2f}x", ratio <= TARGETS["latency"])
+        else:
+            check("engine through the latency proxy vs straight", goal, "not measured", None)
     if engine.get("verify_share") is not None:
         share = engine["verify_share"]
         check("engine verification / copy time", f"<= {TARGETS['verify_share']:.0%}", f"{share:.0%}", share <= TARGETS["verify_share"])
@@ -319,7 +369,7 @@ def _machine(ctx: tools.Context) -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    with psycopg.connect(ctx.source_dsn) as conn:
+    with psycopg.connect(ctx.direct_dsn(ctx.source, ctx.source_db)) as conn:
         server = conn.execute("SHOW server_version").fetchone()[0]
     return {
         "cpus": os.cpu_count(),

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg
@@ -44,12 +44,19 @@ class Context:
     init_sql: Path  # the schema's DDL, for the engine's --init
     bare_sql: str  # types and tables only, no keys or indexes, for the physical reference
     timeout: float = 1800
+    # server port -> (host, port) of the latency proxy in front of it (--latency-ms): the tools go through it.
+    proxies: dict[int, tuple[str, int]] = field(default_factory=dict)
 
-    def conninfo(self, server: LocalServer, db: str) -> str:
-        return psycopg.conninfo.make_conninfo("", host=server.host, port=server.port, dbname=db, user=server.superuser)
+    def endpoint(self, server: LocalServer, direct: bool = False) -> tuple[str, int]:
+        return (server.host, server.port) if direct else self.proxies.get(server.port, (server.host, server.port))
+
+    def conninfo(self, server: LocalServer, db: str, direct: bool = False) -> str:
+        host, port = self.endpoint(server, direct)
+        return psycopg.conninfo.make_conninfo("", host=host, port=port, dbname=db, user=server.superuser)
 
     def uri(self, server: LocalServer, db: str) -> str:
-        return f"postgresql://{server.superuser}@{server.host}:{server.port}/{db}"
+        host, port = self.endpoint(server)
+        return f"postgresql://{server.superuser}@{host}:{port}/{db}"
 
     @property
     def source_conninfo(self) -> str:
@@ -67,6 +74,10 @@ class Context:
     @property
     def target_dsn(self) -> str:
         return psycopg.conninfo.make_conninfo(self.target_conninfo, passfile=self.env["PGPASSFILE"])
+
+    def direct_dsn(self, server: LocalServer, db: str) -> str:
+        """Past any latency proxy: for the benchmark's own untimed work (generation, comparison)."""
+        return psycopg.conninfo.make_conninfo(self.conninfo(server, db, direct=True), passfile=self.env["PGPASSFILE"])
 
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
@@ -128,6 +139,20 @@ class Engine(Tool):
     def after(self, ctx: Context) -> None:
         with psycopg.connect(ctx.source_dsn) as conn:
             unfreeze(conn, ctx.schema)
+
+
+class EngineLocal(Engine):
+    """The engine again, straight to the servers, in a run through the latency proxy: the local time to compare with."""
+
+    name = "engine_local"
+    title = "engine, no latency"
+    label = "this engine straight to the servers, past the latency proxy"
+
+    def run(self, ctx: Context) -> Result:
+        return super().run(replace(ctx, proxies={}))
+
+    def after(self, ctx: Context) -> None:
+        super().after(replace(ctx, proxies={}))
 
 
 class PgDumpRestore(Tool):

@@ -153,7 +153,8 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
     ``row_security = off``, so a policy cannot hide rows from either side.
     """
     result = SchemaVerification()
-    with endpoints.connect_source(autocommit=True) as source:
+    with endpoints.connect_source(autocommit=True) as source, endpoints.connect_target(autocommit=True) as target:
+        method = MD5 if MD5 in {_server_method(source), _server_method(target)} else HASH
         schema = sql.Identifier(endpoints.source_schema).as_string(source)
         relations, oid_columns = [], []
         for name, kind, populated, size, query, columns, types, oids, reads in source.execute(_HOLDINGS, (schema,)).fetchall():
@@ -168,9 +169,8 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
         referenced = _referenced_large_objects(source, endpoints.source_schema, oid_columns)
         source_objects = dict(large_objects.digests(source, referenced))
         source_positions = {name: _next_value(source, endpoints.source_schema, name) for name, _ in sequences}
-    stored = _compare(endpoints, [replace(r, query=None) for r in relations], jobs)
-    result.relations = _refreshed(endpoints, stored, relations, result.unchecked)
-    with endpoints.connect_target(autocommit=True) as target:
+        stored = _compare(endpoints, [replace(r, query=None) for r in relations], jobs, method)
+        result.relations = _refreshed(source, endpoints.source_schema, stored, relations, result.unchecked, method)
         for name, increment in sequences:
             behind = _sequence_behind(target, endpoints.target_schema, name, increment, source_positions[name])
             if behind:
@@ -219,7 +219,12 @@ def _sequence_behind(conn: psycopg.Connection, schema: str, name: str, increment
 
 
 def _refreshed(
-    endpoints: Endpoints, verifications: list[TableVerification], relations: list[Relation], unchecked: list[str]
+    source: psycopg.Connection,
+    schema: str,
+    verifications: list[TableVerification],
+    relations: list[Relation],
+    unchecked: list[str],
+    method: str,
 ) -> list[TableVerification]:
     """Materialized views whose refreshed copy differs from the source's stored rows, checked against their query.
 
@@ -234,23 +239,21 @@ def _refreshed(
     if all(found[name].identical for name in views):
         return verifications
     stale: set[str] = set()
-    method = _common_method(endpoints)
-    with endpoints.connect_source(autocommit=True) as source:
-        for name in TopologicalSorter({n: [r for r in v.reads if r in views] for n, v in views.items()}).static_order():
-            if found[name].identical:
-                continue
-            if read_stale := sorted(stale.intersection(views[name].reads)):
-                unchecked.append(
-                    f"materialized view {name}: reads {', '.join(read_stale)}, stale on the source;"
-                    " refreshed on the target from the copied rows"
-                )
-                del found[name]
-                stale.add(name)
-                continue
-            by_query = _checksum(source, endpoints.source_schema, views[name], method, "source")
-            if by_query == found[name].target:
-                found[name] = TableVerification(name, by_query, found[name].target, found[name].kind)
-                stale.add(name)
+    for name in TopologicalSorter({n: [r for r in v.reads if r in views] for n, v in views.items()}).static_order():
+        if found[name].identical:
+            continue
+        if read_stale := sorted(stale.intersection(views[name].reads)):
+            unchecked.append(
+                f"materialized view {name}: reads {', '.join(read_stale)}, stale on the source;"
+                " refreshed on the target from the copied rows"
+            )
+            del found[name]
+            stale.add(name)
+            continue
+        by_query = _checksum(source, schema, views[name], method, "source")
+        if by_query == found[name].target:
+            found[name] = TableVerification(name, by_query, found[name].target, found[name].kind)
+            stale.add(name)
     return [found[v.table] for v in verifications if v.table in found]
 
 
@@ -263,15 +266,15 @@ def verify_tables(endpoints: Endpoints, tables: list[Table], jobs: int) -> list[
             for t in tables
         ],
         jobs,
+        _common_method(endpoints),
     )
 
 
-def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int) -> list[TableVerification]:
+def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int, method: str) -> list[TableVerification]:
     """Each side works through the relations, largest first, on ``jobs`` connections."""
     ordered = sorted(relations, key=lambda r: r.name)
     if not ordered:
         return []
-    method = _common_method(endpoints)
     largest_first = sorted(ordered, key=lambda r: (-r.size_bytes, r.name))
     sides = {
         "source": (endpoints.connect_source, endpoints.source_schema),

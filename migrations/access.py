@@ -46,7 +46,7 @@ def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) ->
             f"row-level security would hide rows of {', '.join(name for name, _ in filtered)} on {identity}"
             f" from the migration role {role}, nothing was written: ALTER ROLE {role} BYPASSRLS, or {owner_fix}"
         )
-    oids = large_objects.referenced(source, schema, large_objects.columns(source, schema))
+    oids = large_objects.referenced(source, schema)
     large_objects.refuse_unreadable(source, schema, oids, identity)
 
 

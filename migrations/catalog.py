@@ -190,15 +190,14 @@ def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
         sequences = {
             name: Sequence(name, (table, column) if table else None) for name, table, column in cur.fetchall()
         }
-        namespace = quoted_schema
-        partitions = dict(cur.execute(_PARTITIONS, (namespace,)).fetchall())
+        partitions = dict(cur.execute(_PARTITIONS, (quoted_schema,)).fetchall())
         materialized_views = {
             name: MaterializedView(name, populated, tuple(depends_on))
-            for name, populated, depends_on in cur.execute(_MATERIALIZED_VIEWS, (namespace,)).fetchall()
+            for name, populated, depends_on in cur.execute(_MATERIALIZED_VIEWS, (quoted_schema,)).fetchall()
         }
-        triggers = {name: _unqualified(definition, quoted_schema) for name, definition in cur.execute(_TRIGGERS, (namespace, FREEZE_TRIGGER))}
-        policies = dict(cur.execute(_POLICIES, (namespace,)).fetchall())
-        row_security = dict(cur.execute(_ROW_SECURITY, (namespace,)).fetchall())
+        triggers = {name: _unqualified(definition, quoted_schema) for name, definition in cur.execute(_TRIGGERS, (quoted_schema, FREEZE_TRIGGER))}
+        policies = dict(cur.execute(_POLICIES, (quoted_schema,)).fetchall())
+        row_security = dict(cur.execute(_ROW_SECURITY, (quoted_schema,)).fetchall())
 
     tables = {
         name: Table(

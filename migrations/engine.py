@@ -134,11 +134,7 @@ def migrate(
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
             jobs = preflight.check(endpoints, source, target, jobs)  # the same database twice, the lock table, connections
             source_catalog = read_source(source, endpoints)
-            refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
-            refs.refuse(endpoints.source_identity)
-            needed = extensions.needed(source, endpoints.source_schema)
-            extensions.refuse_unoffered(needed, endpoints.source_identity)
-            access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
+            refs, needed = refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
             run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
             source.commit()
             newly_frozen = freeze(source, endpoints.source_schema)
@@ -219,7 +215,7 @@ def _recheck(
         return run
     tables = [t for name, t in catalog.tables.items() if name in copied]
     changed = [v.table for v in verify_tables(endpoints, tables, jobs) if not v.identical]
-    oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
+    oids = large_objects.referenced(source, endpoints.source_schema)
     changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids) if copied_objects else []
     source.commit()
     if not changed and not changed_objects:
@@ -341,6 +337,22 @@ def hand_over(cur: psycopg.Cursor, schema: str, service_user: str, policed: Sequ
     for table in policed:
         cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, table)))
     privileges.verify(cur, schema, service_user)
+
+
+def refuse_what_cannot_move(
+    source: psycopg.Connection, endpoints: Endpoints, dropped_on_purpose: frozenset[str]
+) -> tuple[References, list[Extension]]:
+    """The source-side refusals every mode makes before it writes anything; the references and extensions found.
+
+    Another service's data the schema needs, an extension Cloud SQL lacks,
+    rows or large objects the migration role cannot read.
+    """
+    refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
+    refs.refuse(endpoints.source_identity)
+    needed = extensions.needed(source, endpoints.source_schema)
+    extensions.refuse_unoffered(needed, endpoints.source_identity)
+    access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
+    return refs, needed
 
 
 def read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
@@ -519,7 +531,7 @@ def _finish(
         positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
     log.info("set %d sequences", len(positions))
     with _step(f"carrying large objects from {endpoints.source_identity}"):
-        oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
+        oids = large_objects.referenced(source, endpoints.source_schema)
         if carried := large_objects.carry(source, target, endpoints.target_schema, oids):
             log.info("carried %d large objects", carried)
     with _step(f"refreshing materialized views {on_target}"):

@@ -39,16 +39,19 @@ def columns(conn: psycopg.Connection, schema: str) -> list[tuple[str, str]]:
     return conn.execute(_COLUMNS, (sql.Identifier(schema).as_string(conn),)).fetchall()
 
 
-def referenced(conn: psycopg.Connection, schema: str, oid_columns: list[tuple[str, str]]) -> list[int]:
-    """The oids of the large objects that ``oid_columns`` refer to, sorted."""
+def referenced(conn: psycopg.Connection, schema: str, oid_columns: list[tuple[str, str]] | None = None) -> list[int]:
+    """The oids of the large objects that ``oid_columns`` (by default every such column of ``schema``) refer to, sorted."""
+    if oid_columns is None:
+        oid_columns = columns(conn, schema)
     if not oid_columns:
         return []
-    values = sql.SQL(" UNION ").join(
-        sql.SQL("SELECT {}::oid AS oid FROM ONLY {}").format(sql.Identifier(column), sql.Identifier(schema, table))
-        for table, column in oid_columns
+    query = sql.SQL("SELECT m.oid::bigint FROM ({}) v JOIN pg_largeobject_metadata m ON m.oid = v.oid ORDER BY 1").format(
+        sql.SQL(" UNION ").join(
+            sql.SQL("SELECT {}::oid AS oid FROM ONLY {}").format(sql.Identifier(column), sql.Identifier(schema, table))
+            for table, column in oid_columns
+        )
     )
-    query = sql.SQL("SELECT m.oid::bigint FROM ({}) v JOIN pg_largeobject_metadata m ON m.oid = v.oid ORDER BY 1")
-    return [oid for (oid,) in conn.execute(query.format(values)).fetchall()]
+    return [oid for (oid,) in conn.execute(query).fetchall()]
 
 
 def refuse_unreadable(conn: psycopg.Connection, schema: str, oids: list[int], source: str) -> None:

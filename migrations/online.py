@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, engine, extensions, large_objects, materialized_views, preflight, references, state
+from . import access, engine, large_objects, materialized_views, preflight, references, state
 from .connection import Endpoints
 from .errors import MigrationError
 from .freeze import freeze, unfreeze
@@ -73,11 +73,7 @@ def sync(
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
             preflight.check(endpoints, source, target, jobs=1)  # the same database twice, the lock table
             catalog = engine.read_source(source, endpoints)
-            refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
-            refs.refuse(endpoints.source_identity)
-            needed = extensions.needed(source, endpoints.source_schema)
-            extensions.refuse_unoffered(needed, endpoints.source_identity)
-            access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
+            refs, needed = engine.refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
             _require_replica_identity(source, endpoints)
             run = engine.prepare_target(
                 target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE, needed=needed
@@ -153,8 +149,7 @@ def cutover(
                 _catch_up(source, target, endpoints, timeout)
                 carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
                 # Neither travels by logical replication.
-                oids = large_objects.referenced(source, endpoints.source_schema, large_objects.columns(source, endpoints.source_schema))
-                large_objects.carry(source, target, endpoints.target_schema, oids)
+                large_objects.carry(source, target, endpoints.target_schema, large_objects.referenced(source, endpoints.source_schema))
                 materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
                 report = engine.verify_copy(endpoints, catalog, refs, [], jobs)
                 window = time.monotonic() - frozen_at

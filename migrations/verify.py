@@ -166,7 +166,8 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
                 relations.append(Relation(name, kind, tuple(zip(columns, types)), size, query=query, reads=tuple(reads)))
                 oid_columns += [(name, column) for column in oids]
         sequences = source.execute(_SEQUENCE_POSITIONS, (schema,)).fetchall()
-        referenced = _referenced_large_objects(source, endpoints.source_schema, oid_columns)
+        # The columns are this module's own reading of the catalog; the copy's list plays no part.
+        referenced = large_objects.referenced(source, endpoints.source_schema, oid_columns)
         source_objects = dict(large_objects.digests(source, referenced))
         source_positions = {name: _next_value(source, endpoints.source_schema, name) for name, _ in sequences}
         stored = _compare(endpoints, [replace(r, query=None) for r in relations], jobs, method)
@@ -183,17 +184,6 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
         if target_objects.get(oid) != source_objects.get(oid)
     ]
     return result
-
-
-def _referenced_large_objects(conn: psycopg.Connection, schema: str, oid_columns: list[tuple[str, str]]) -> list[int]:
-    if not oid_columns:
-        return []
-    values = sql.SQL(" UNION ").join(
-        sql.SQL("SELECT {} AS oid FROM ONLY {}").format(sql.Identifier(column), sql.Identifier(schema, table))
-        for table, column in oid_columns
-    )
-    query = sql.SQL("SELECT DISTINCT m.oid::bigint FROM ({}) v JOIN pg_largeobject_metadata m ON m.oid = v.oid::oid ORDER BY 1")
-    return [oid for (oid,) in conn.execute(query.format(values)).fetchall()]
 
 
 def _next_value(conn: psycopg.Connection, schema: str, name: str) -> int:

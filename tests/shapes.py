@@ -363,13 +363,13 @@ def assert_same(source_snapshot: Snapshot, target: str, schema: str, listed, oid
 
 # ---------------------------------------------------------------- refusals
 def every_table(conninfo: str, schema: str) -> list[str]:
-    """Every table of ``schema`` that the freeze would freeze (partitions ride with their parent)."""
+    """Every table of ``schema`` that the freeze would freeze: partitions too (a write can address one)."""
     with connect(conninfo) as conn:
         return [
             name
             for (name,) in conn.execute(
                 "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace"
-                " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY relname",
+                " AND relkind IN ('r', 'p') ORDER BY relname",
                 (sql.Identifier(schema).as_string(conn),),
             )
         ]

@@ -12,6 +12,7 @@ source not frozen, target untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from psycopg import sql
 
 from migrations import engine
 from migrations.connection import Endpoints
-from migrations.errors import MigrationError
+from migrations.errors import MigrationError, SchemaDrift
 from tests.cloud_sql import CloudTarget
 from tests.shapes import (
     Lab,
@@ -685,6 +686,22 @@ def test_each_partition_and_each_inheritance_child_holds_its_own_rows(lab: Lab, 
     listed, _, before = capture(source, shape.schema)
     assert {name: len(rows) for name, rows in before.rows.items()} == own_rows  # the shape is what it says
     migrate_and_compare(lab, shape, source=source)
+
+
+@pytest.mark.parametrize("shape, change, difference", [
+    (PARTITIONS, "ALTER TABLE partitions.payment DETACH PARTITION partitions.payment_2024;",
+     "partition payment_2024 is missing in the target"),
+    (TRIGGERS, "DROP TRIGGER document_updated_at ON triggers.document;", "trigger document.document_updated_at is missing in the target"),
+    (rls_shape(force=False), "DROP POLICY tenant_note_by_author ON rls.tenant_note;", "policy tenant_note.tenant_note_by_author is missing in the target"),
+], ids=["partition", "trigger", "policy"])
+def test_an_init_missing_a_partition_trigger_or_policy_is_drift_before_any_write(lab: Lab, shape, change, difference) -> None:
+    source, target = lab.source(shape), lab.target()
+    endpoints = Endpoints(source, shape.schema, target, shape.schema)
+    assert difference in engine.plan(endpoints, shape.init_sql + "\n" + change).differences
+    with pytest.raises(SchemaDrift, match=re.escape(difference)):
+        engine.migrate(endpoints, init_sql=shape.init_sql + "\n" + change, jobs=2)
+    assert_not_frozen(source, shape.schema)
+    assert_untouched(target, shape.schema)
 
 
 def test_materialized_views_are_populated_as_on_the_source(lab: Lab, target_server) -> None:

@@ -16,61 +16,81 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-# The table and the partitions below it (pg_partition_tree has no row for a plain table).
+# Each table of the schema with the user triggers that fire on it and on the
+# partitions below it (pg_partition_tree has no row for a plain table).
 _ENABLED_TRIGGERS = """
-SELECT n.nspname, c.relname, t.tgname, t.tgenabled
-FROM (SELECT %(table)s::regclass AS relid, 0 AS level
-      UNION SELECT relid, level FROM pg_partition_tree(%(table)s::regclass)) p
+SELECT root.relname, n.nspname, c.relname, t.tgname, t.tgenabled
+FROM pg_class root
+CROSS JOIN LATERAL (SELECT root.oid AS relid, 0 AS level UNION SELECT relid, level FROM pg_partition_tree(root.oid)) p
 JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_trigger t ON t.tgrelid = p.relid
-WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
-ORDER BY p.level, c.relname, t.tgname
+WHERE root.relnamespace = %(schema)s::regnamespace AND root.relkind IN ('r', 'p')
+  AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+ORDER BY root.relname, p.level, c.relname, t.tgname
+"""
+
+_FORCED = """
+SELECT relname FROM pg_class
+WHERE relnamespace = %(schema)s::regnamespace AND relforcerowsecurity AND row_security_active(oid)
 """
 
 _ENABLE = {"O": "ENABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
 
 
+@dataclass(frozen=True)
+class Guards:
+    """What would rewrite, add or filter a schema's rows during a load: its enabled user triggers and FORCEd policies."""
+
+    schema: str
+    triggers: dict[str, list[tuple[str, str, str, str]]]  # table -> (schema, relation, trigger, enabled state)
+    forced: frozenset[str]
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection, schema: str) -> Guards:
+        """Every table's at once, so that each load sends its statements without asking (one round trip)."""
+        params = {"schema": sql.Identifier(schema).as_string(conn)}
+        with conn.pipeline(), conn.cursor() as triggers, conn.cursor() as forced:
+            triggers.execute(_ENABLED_TRIGGERS, params)
+            forced.execute(_FORCED, params)
+            by_table: dict[str, list[tuple[str, str, str, str]]] = {}
+            for table, *trigger in triggers.fetchall():
+                by_table.setdefault(table, []).append(tuple(trigger))
+            return cls(schema, by_table, frozenset(name for (name,) in forced.fetchall()))
+
+
 @contextmanager
-def loading(cur: psycopg.Cursor, table: sql.Identifier) -> Iterator[None]:
+def loading(cur: psycopg.Cursor, guards: Guards, table: str) -> Iterator[None]:
     """Inside the load's transaction: no user trigger fires and no policy applies to ``table`` until the block ends.
 
     On an error the block does not restore them: the transaction's rollback does.
     """
-    regclass = table.as_string(cur)
-    triggers = cur.execute(_ENABLED_TRIGGERS, {"table": regclass}).fetchall()
-    for schema, relation, trigger, _ in triggers:
+    lift(cur, guards, table)
+    yield
+    put_back(cur, guards, table)
+
+
+def lift(cur: psycopg.Cursor, guards: Guards, table: str) -> None:
+    """Disable ``table``'s user triggers and its FORCEd policy; only statements, so in a pipeline no round trip."""
+    for schema, relation, trigger, _ in guards.triggers.get(table, []):
         cur.execute(
             sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(sql.Identifier(schema, relation), sql.Identifier(trigger))
         )
-    with readable(cur, table):
-        yield
-    for schema, relation, trigger, enabled in triggers:
+    if table in guards.forced:
+        cur.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(guards.schema, table)))
+
+
+def put_back(cur: psycopg.Cursor, guards: Guards, table: str) -> None:
+    """Everything :func:`lift` lifted, exactly as it was (a trigger ``ENABLE ALWAYS`` or ``REPLICA`` stays so)."""
+    for schema, relation, trigger, enabled in guards.triggers.get(table, []):
         cur.execute(
             sql.SQL("ALTER TABLE {} {} {}").format(
                 sql.Identifier(schema, relation), sql.SQL(_ENABLE[enabled]), sql.Identifier(trigger)
             )
         )
-
-
-@contextmanager
-def readable(cur: psycopg.Cursor, table: sql.Identifier) -> Iterator[None]:
-    """Inside a transaction: a FORCEd policy on ``table`` (which the role owns) does not apply until the block ends.
-
-    Every engine connection runs with ``row_security = off``, so a read that a
-    policy would filter raises instead of hiding rows; the engine's own reads
-    of target tables go through this.
-    """
-    cur.execute(
-        "SELECT relforcerowsecurity AND row_security_active(oid) FROM pg_class WHERE oid = %s::regclass",
-        (table.as_string(cur),),
-    )
-    (forced,) = cur.fetchone()
-    if forced:
-        cur.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(table))
-    yield
-    if forced:
-        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table))
+    if table in guards.forced:
+        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(sql.Identifier(guards.schema, table)))

@@ -81,15 +81,20 @@ class Catalog:
     row_security: dict[str, bool] = field(default_factory=dict)  # table with policies enabled -> FORCEd
 
 
+# The tables whose rows the schema holds (a partition's rows are its root's).
+_OWN_TABLES = (
+    "SELECT c.oid FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace"
+    " AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+)
+
 _TABLES = """
 SELECT c.oid, c.relname, greatest(c.reltuples, 0)::bigint,
        CASE WHEN c.relkind = 'p'
             THEN (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0) FROM pg_partition_tree(c.oid) t)::bigint
             ELSE pg_total_relation_size(c.oid) END,
        c.relkind = 'p'
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-"""
+FROM pg_class c WHERE c.oid IN ({tables})
+""".format(tables=_OWN_TABLES)
 
 _COLUMNS = """
 SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -99,18 +104,18 @@ SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-WHERE a.attrelid = ANY(%(tables)s) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = ANY(ARRAY({tables})) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
-"""
+""".format(tables=_OWN_TABLES)
 
 _PRIMARY_KEYS = """
 SELECT i.indrelid, a.attname
 FROM pg_index i
 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE i.indisprimary AND i.indrelid = ANY(%s)
+WHERE i.indisprimary AND i.indrelid = ANY(ARRAY({tables}))
 ORDER BY i.indrelid, k.position
-"""
+""".format(tables=_OWN_TABLES)
 
 _SEQUENCES = """
 SELECT s.relname, t.relname, a.attname
@@ -165,39 +170,47 @@ WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p') AND relrowsecuri
 
 def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
     """Tables, columns, primary keys, sequences, partitions, materialized views, triggers and policies of ``schema``."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema))
-        quoted_schema, exists = cur.fetchone()
-        if not exists:
-            return Catalog(schema, exists=False)
-
-        cur.execute(_TABLES, (schema,))
-        names = {oid: (name, rows, size, partitioned) for oid, name, rows, size, partitioned in cur.fetchall()}
-        oids = list(names)
-
-        columns: dict[int, list[tuple[Column, bool]]] = {oid: [] for oid in oids}
-        cur.execute(_COLUMNS, {"tables": oids, "first_user_oid": FIRST_USER_OID})
-        for oid, name, type_, not_null, generated, binary_safe in cur.fetchall():
-            type_ = type_.replace(f"{quoted_schema}.", "")
-            columns[oid].append((Column(name, type_, not_null, generated), binary_safe))
-
-        primary_keys: dict[int, list[str]] = {oid: [] for oid in oids}
-        cur.execute(_PRIMARY_KEYS, (oids,))
-        for oid, name in cur.fetchall():
-            primary_keys[oid].append(name)
-
-        cur.execute(_SEQUENCES, (schema,))
-        sequences = {
-            name: Sequence(name, (table, column) if table else None) for name, table, column in cur.fetchall()
+    quoted_schema, exists = conn.execute(
+        "SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema)
+    ).fetchone()
+    if not exists:
+        return Catalog(schema, exists=False)
+    # One round trip for all the rest: over a slow link each query would cost one.
+    schema_only = {"schema": quoted_schema}
+    with conn.pipeline():
+        found = {
+            name: conn.execute(query, params)
+            for name, query, params in (
+                ("tables", _TABLES, schema_only),
+                ("columns", _COLUMNS, schema_only | {"first_user_oid": FIRST_USER_OID}),
+                ("primary_keys", _PRIMARY_KEYS, schema_only),
+                ("sequences", _SEQUENCES, (schema,)),
+                ("partitions", _PARTITIONS, (quoted_schema,)),
+                ("materialized_views", _MATERIALIZED_VIEWS, (quoted_schema,)),
+                ("triggers", _TRIGGERS, (quoted_schema, FREEZE_TRIGGER)),
+                ("policies", _POLICIES, (quoted_schema,)),
+                ("row_security", _ROW_SECURITY, (quoted_schema,)),
+            )
         }
-        partitions = dict(cur.execute(_PARTITIONS, (quoted_schema,)).fetchall())
-        materialized_views = {
-            name: MaterializedView(name, populated, tuple(depends_on))
-            for name, populated, depends_on in cur.execute(_MATERIALIZED_VIEWS, (quoted_schema,)).fetchall()
-        }
-        triggers = {name: _unqualified(definition, quoted_schema) for name, definition in cur.execute(_TRIGGERS, (quoted_schema, FREEZE_TRIGGER))}
-        policies = dict(cur.execute(_POLICIES, (quoted_schema,)).fetchall())
-        row_security = dict(cur.execute(_ROW_SECURITY, (quoted_schema,)).fetchall())
+    names = {oid: (name, rows, size, partitioned) for oid, name, rows, size, partitioned in found["tables"].fetchall()}
+    columns: dict[int, list[tuple[Column, bool]]] = {oid: [] for oid in names}
+    for oid, name, type_, not_null, generated, binary_safe in found["columns"].fetchall():
+        type_ = type_.replace(f"{quoted_schema}.", "")
+        columns[oid].append((Column(name, type_, not_null, generated), binary_safe))
+    primary_keys: dict[int, list[str]] = {oid: [] for oid in names}
+    for oid, name in found["primary_keys"].fetchall():
+        primary_keys[oid].append(name)
+    sequences = {
+        name: Sequence(name, (table, column) if table else None) for name, table, column in found["sequences"].fetchall()
+    }
+    partitions = dict(found["partitions"].fetchall())
+    materialized_views = {
+        name: MaterializedView(name, populated, tuple(depends_on))
+        for name, populated, depends_on in found["materialized_views"].fetchall()
+    }
+    triggers = {name: _unqualified(definition, quoted_schema) for name, definition in found["triggers"].fetchall()}
+    policies = dict(found["policies"].fetchall())
+    row_security = dict(found["row_security"].fetchall())
 
     tables = {
         name: Table(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .errors import ConnectionFailed
 
@@ -80,22 +85,95 @@ def connect(conninfo: str, role: str, *, autocommit: bool = False, schema: str =
     The session's application_name names the role and the service's ``schema``
     (what an operator sees in pg_stat_activity).
     """
+    try:
+        conn = psycopg.connect(_session(conninfo, role, schema), autocommit=autocommit)
+    except psycopg.OperationalError as error:
+        raise ConnectionFailed(f"cannot connect to {role} {describe(conninfo)}: {one_line(error)}") from None
+    _open.add(conn)
+    return conn
+
+
+def _session(conninfo: str, role: str, schema: str) -> str:
+    """``conninfo`` with the engine's session settings, network timeouts and application_name."""
     application_name = " ".join(filter(None, ("hexabuilders-migration", role, schema)))[:63]
     try:
         given = conninfo_to_dict(conninfo)
         # What the connection string sets itself wins.
         network = {name: value for name, value in network_settings().items() if name not in given}
-        conn = psycopg.connect(
-            make_conninfo(conninfo, options=SESSION_OPTIONS, application_name=application_name, **network),
-            autocommit=autocommit,
-        )
+        return make_conninfo(conninfo, options=SESSION_OPTIONS, application_name=application_name, **network)
     except psycopg.ProgrammingError:
         # libpq quotes the offending fragment, which may be a password: say less.
         raise ConnectionFailed(f"{role} connection string is not a valid libpq URL or key=value string") from None
-    except psycopg.OperationalError as error:
-        raise ConnectionFailed(f"cannot connect to {role} {describe(conninfo)}: {one_line(error)}") from None
-    _open.add(conn)
-    return conn
+
+
+class _Lent(psycopg.Connection):
+    """A connection of :class:`KeptOpen`: leaving its ``with`` block gives it back, as ``close()`` does.
+
+    (psycopg leaves a pooled connection open at the end of its block, for the
+    pool's own context manager to return; the engine's steps use the plain
+    connection protocol.) It goes back rolled back, here and now: a pool's
+    reset would run later, in its own thread, while the transaction's locks
+    still held off the next step (lifting a freeze, say).
+    """
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        super().__exit__(exc_type, exc_val, exc_tb)
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_pool", None) and not self.closed and not self.broken:
+            try:
+                if self.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                    self.rollback()
+                if self.info.transaction_status == TransactionStatus.IDLE:
+                    self.autocommit, self.isolation_level, self.read_only = False, None, None
+            except psycopg.Error:
+                pass  # the pool discards a connection it cannot use
+        super().close()
+
+
+class KeptOpen:
+    """Connections to one server kept open for a whole run, and lent to its steps.
+
+    Over a slow link a connection costs several round trips to open (more with
+    TLS); each step of a run (copy, rebuild, analyze, verification) would
+    otherwise open its own. Up to ``size`` are opened ahead, in the
+    background, while the run does other work. A lent connection goes back
+    when closed (``with ... as conn`` included), rolled back and with its
+    transaction settings reset.
+    """
+
+    def __init__(self, conninfo: str, role: str, schema: str, size: int):
+        self.role, self.where = role, describe(conninfo)
+        self._pool = ConnectionPool(
+            _session(conninfo, role, schema),
+            connection_class=_Lent,
+            min_size=size,
+            max_size=size,
+            open=True,
+            close_returns=True,
+            configure=_open.add,
+            timeout=network_timeout(),
+            name=f"{role} connections",
+        )
+
+    def lend(self, autocommit: bool) -> psycopg.Connection:
+        try:
+            conn = self._pool.getconn()
+        except PoolTimeout:
+            raise ConnectionFailed(
+                f"cannot connect to {self.role} {self.where}: no connection within {network_timeout()} s"
+            ) from None
+        conn.autocommit = autocommit
+        return conn
+
+    def close(self) -> None:
+        self._pool.close(timeout=2.0)
+
+
+# A connection given back in the middle of a statement (an interrupted COPY) is
+# closed by the pool, which would say so at WARNING on the operator's terminal.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 # Every connection the engine has open, so that an interrupt can cancel what they run.
@@ -129,12 +207,36 @@ class Endpoints:
     source_schema: str
     target: str
     target_schema: str
+    kept_open: tuple[KeptOpen, KeptOpen] | None = field(default=None, compare=False, repr=False)  # see keeping_open
 
-    def connect_source(self, *, autocommit: bool = False) -> psycopg.Connection:
+    def connect_source(self, *, autocommit: bool = False, fresh: bool = False) -> psycopg.Connection:
+        """A source connection: lent from those kept open, if any, unless ``fresh``."""
+        if self.kept_open and not fresh:
+            return self.kept_open[0].lend(autocommit)
         return connect(self.source, "source", autocommit=autocommit, schema=self.source_schema)
 
-    def connect_target(self, *, autocommit: bool = False) -> psycopg.Connection:
+    def connect_target(self, *, autocommit: bool = False, fresh: bool = False) -> psycopg.Connection:
+        """A target connection: lent from those kept open, if any, unless ``fresh``."""
+        if self.kept_open and not fresh:
+            return self.kept_open[1].lend(autocommit)
         return connect(self.target, "target", autocommit=autocommit, schema=self.target_schema)
+
+    @contextmanager
+    def keeping_open(self, source: int, target: int) -> Iterator[Endpoints]:
+        """These endpoints, whose ``connect_*`` lend connections kept open until the block ends: so many a side.
+
+        A step must not hold more than that at once: the next would wait for
+        one to come back.
+        """
+        kept = (
+            KeptOpen(self.source, "source", self.source_schema, source),
+            KeptOpen(self.target, "target", self.target_schema, target),
+        )
+        try:
+            yield replace(self, kept_open=kept)
+        finally:
+            for side in kept:
+                side.close()
 
     @property
     def source_identity(self) -> str:

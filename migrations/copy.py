@@ -78,8 +78,12 @@ class LogObserver:
         )
 
 
-def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: CopyObserver) -> list[TableCopy]:
+def copy_tables(
+    endpoints: Endpoints, tables: list[Table], guards: as_stored.Guards, jobs: int, observer: CopyObserver
+) -> list[TableCopy]:
     """Copy ``tables`` on ``jobs`` connections that share one exported source snapshot.
+
+    ``guards`` are the target's triggers and policies, lifted during each load.
 
     Each worker keeps one source connection (the snapshot imported once, in
     one read-only transaction) and one target connection (one transaction per
@@ -95,7 +99,8 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
         # The exporting transaction must stay open until every worker has imported the snapshot.
         coordinator.isolation_level = IsolationLevel.REPEATABLE_READ
         coordinator.read_only = True
-        snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        with coordinator.pipeline():  # its BEGIN with it
+            snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
         queue = list(reversed(largest_first))
         loaded: list[Table] = []  # copied, their indexes not yet built
@@ -122,7 +127,7 @@ def copy_tables(endpoints: Endpoints, tables: list[Table], jobs: int, observer: 
                         if connections is None:
                             connections = _open(endpoints, snapshot)
                         if copy:
-                            results[table.name] = _copy_table(endpoints, *connections, table, observer)
+                            results[table.name] = _copy_table(endpoints, *connections, guards, table, observer)
                             with lock:
                                 copying[0] -= 1
                                 loaded.append(table)
@@ -156,7 +161,8 @@ def _open(endpoints: Endpoints, snapshot: str) -> tuple[psycopg.Connection, psyc
     try:
         source.isolation_level = IsolationLevel.REPEATABLE_READ
         source.read_only = True
-        source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        with source.pipeline():  # its BEGIN with it
+            source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         target = endpoints.connect_target()
     except BaseException:
         source.close()
@@ -165,14 +171,18 @@ def _open(endpoints: Endpoints, snapshot: str) -> tuple[psycopg.Connection, psyc
 
 
 def _copy_table(
-    endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Connection, table: Table, observer: CopyObserver
+    endpoints: Endpoints,
+    source: psycopg.Connection,
+    target: psycopg.Connection,
+    guards: as_stored.Guards,
+    table: Table,
+    observer: CopyObserver,
 ) -> TableCopy:
+    """One table in one target transaction: five round trips to the target, one to the source, and the data."""
     columns = sql.SQL(", ").join(map(sql.Identifier, table.copied_columns))
     format_ = sql.SQL("binary" if table.binary_copy else "text")
     source_table = table.own_rows(endpoints.source_schema)
     target_table = table.own_rows(endpoints.target_schema)
-    # FREEZE writes the rows already visible to all, sparing the target a
-    # rewrite of every page at its first vacuum; partitioned tables refuse it.
     options = sql.SQL("FORMAT {}, FREEZE").format(format_) if not table.partitioned else sql.SQL("FORMAT {}").format(format_)
 
     observer.started(table)
@@ -180,39 +190,38 @@ def _copy_table(
     watch = _Watchdog(endpoints, source, target)
     try:
         with target.cursor() as cur, source.cursor() as out_cur:
-            cur.execute("SET LOCAL synchronous_commit = off")
-            cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
-            with as_stored.loading(cur, sql.Identifier(endpoints.target_schema, table.name)):
-                cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(target_table))
-                if cur.fetchone()[0]:
-                    raise ForeignRows(
-                        f"target table {endpoints.target_schema}.{table.name} holds rows this engine did not write;"
-                        " refusing to overwrite them"
+            with target.pipeline():
+                cur.execute("SET LOCAL synchronous_commit = off")
+                cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
+                as_stored.lift(cur, guards, table.name)
+                cur.execute(_truncate_if_empty(cur, target_table))
+            bytes_ = _stream(
+                watch,
+                out_cur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(columns, source_table, format_)),
+                cur.copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+                        sql.Identifier(endpoints.target_schema, table.name), columns, options
                     )
-                # Empty (just checked): truncating it lets COPY FREEZE apply.
-                cur.execute(sql.SQL("TRUNCATE {}").format(target_table))
-                bytes_ = _stream(
-                    watch,
-                    out_cur.copy(
-                        sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(columns, source_table, format_)
-                    ),
-                    cur.copy(
-                        sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
-                            sql.Identifier(endpoints.target_schema, table.name), columns, options
-                        )
-                    ),
-                    lambda rows, sent: observer.advanced(table, rows, sent),
-                )
-                loaded = cur.rowcount
+                ),
+                lambda rows, sent: observer.advanced(table, rows, sent),
+            )
+            loaded = cur.rowcount
             if loaded != out_cur.rowcount:
                 raise MigrationError(f"copy of {table.name} wrote {loaded} rows but the source sent {out_cur.rowcount}")
             result = TableCopy(table.name, loaded, bytes_, time.monotonic() - started)
-            state.record_copy(cur, endpoints.target_schema, table.name, result.rows, result.bytes, result.seconds)
-        target.commit()
+            with target.pipeline():
+                as_stored.put_back(cur, guards, table.name)
+                state.record_copy(cur, endpoints.target_schema, table.name, result.rows, result.bytes, result.seconds)
+                target.commit()
     except BaseException as error:
         if not target.closed:
             target.rollback()
         sides = (("source", source, endpoints.source_identity), ("target", target, endpoints.target_identity))
+        if isinstance(error, psycopg.Error) and error.sqlstate == _HOLDS_ROWS:
+            raise ForeignRows(
+                f"target table {endpoints.target_schema}.{table.name} holds rows this engine did not write;"
+                " refusing to overwrite them"
+            ) from None
         if watch.stalled:
             where = next(where for name, _, where in sides if name == watch.stalled)
             raise MigrationError(
@@ -226,6 +235,24 @@ def _copy_table(
         raise
     observer.finished(table, result)
     return result
+
+
+# Raised by the load's emptiness check (a class of SQLSTATE no server uses).
+_HOLDS_ROWS = "HX001"
+
+
+def _truncate_if_empty(cur: psycopg.Cursor, table: sql.Composable) -> sql.Composed:
+    """Empty ``table`` for the load (``COPY FREEZE`` needs it truncated) unless it holds rows: then raise.
+
+    A statement that decides on the server, so it needs no answer and rides
+    in the load's pipeline; the rows of a table this engine did not write are
+    never truncated.
+    """
+    body = sql.SQL(
+        "BEGIN IF EXISTS (SELECT FROM {table}) THEN RAISE EXCEPTION 'holds rows' USING ERRCODE = {code}; END IF;"
+        " TRUNCATE {table}; END"
+    ).format(table=table, code=sql.Literal(_HOLDS_ROWS))
+    return sql.SQL("DO {}").format(sql.Literal(body.as_string(cur)))
 
 
 def _stream(watch: _Watchdog, copy_out: psycopg.Copy, copy_in: psycopg.Copy, advanced) -> int:
@@ -309,7 +336,7 @@ class _Watchdog:
             except (OSError, psycopg.Error):
                 return  # closed already
             try:
-                with connect(autocommit=True) as other:
+                with connect(autocommit=True, fresh=True) as other:
                     other.execute("SELECT pg_terminate_backend(%s)", (pid,))
             except (psycopg.Error, MigrationError) as error:  # that server may be out of reach too
                 log.warning("could not end the stalled session on the %s: %s", side, one_line(error))

@@ -14,6 +14,8 @@ time, and attached afterwards with ``ADD CONSTRAINT ... USING INDEX``, which
 takes a moment; an ``ALTER TABLE ... ADD PRIMARY KEY`` would lock the table for
 the whole build (and ``pg_get_constraintdef()`` would lose the index's storage
 parameters). Foreign keys come last, once every key they reference exists.
+Small tables are rebuilt a batch at a time instead, and each step is sent as a
+pipeline: over a slow link the round trips, not the builds, would dominate.
 
 The copy starts early: while its last tables still load, its free workers
 rebuild the indexes and keys of the tables already loaded (:func:`restore_table`);
@@ -24,12 +26,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from contextlib import ExitStack
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from . import as_stored, state
+from . import state
 from .parallel import stopping
 from .state import DeferredObject
 
@@ -74,8 +76,6 @@ _THEN_ATTACH = ";\n-- then attach the index built above:\n"
 
 MAINTENANCE_WORK_MEM = "256MB"
 
-_FORCED = "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relforcerowsecurity"
-
 
 def set_aside(cur: psycopg.Cursor, schema: str) -> list[DeferredObject]:
     """Record and drop every index and constraint of ``schema``'s tables."""
@@ -117,20 +117,95 @@ def _restoring(cur: psycopg.Cursor, schema: str, table: str, name: str, definiti
     return index_definition + _THEN_ATTACH + add.as_string(cur) + attach.as_string(cur)
 
 
-def _index_exists(cur: psycopg.Cursor, schema: str, name: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, name).as_string(cur),))
-    return cur.fetchone()[0]
+# Below this size a table's indexes and keys are rebuilt together, in one transaction
+# with the other small tables' (up to this size in all): over a slow link a round
+# trip per object costs more than building it.
+SMALL_TABLES_BYTES = 32 << 20
+
+# What is already there: a resumed run's init SQL may have rebuilt an object, or
+# a killed run may have left a key's index built but not attached. One round trip.
+_PRESENT = """
+SELECT 'index', c.relname, i.relname FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid
+WHERE c.relnamespace = %(schema)s::regnamespace
+UNION ALL
+SELECT 'constraint', c.relname, con.conname FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+WHERE c.relnamespace = %(schema)s::regnamespace
+UNION ALL
+SELECT 'forced', relname, NULL FROM pg_class WHERE relnamespace = %(schema)s::regnamespace AND relforcerowsecurity
+"""
+
+Step = Callable[[psycopg.Cursor], None]
 
 
-def _exists(cur: psycopg.Cursor, schema: str, obj: DeferredObject) -> bool:
-    if obj.kind == "index":
-        return _index_exists(cur, schema, obj.name)
-    cur.execute(
-        "SELECT EXISTS (SELECT FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND con.conname = %s)",
-        (schema, obj.table, obj.name),
-    )
-    return cur.fetchone()[0]
+@dataclass(frozen=True)
+class _Target:
+    """The target schema as the rebuild finds it."""
+
+    schema: str
+    pending: list[DeferredObject]
+    sizes: dict[str, int]
+    indexes: set[tuple[str, str]]  # (table, index)
+    constraints: set[tuple[str, str]]  # (table, constraint)
+    forced: list[str]  # tables under a FORCEd policy
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection, schema: str) -> _Target:
+        """The pending objects, the tables' sizes and what exists, in one round trip."""
+        with conn.pipeline(), conn.cursor() as pending, conn.cursor() as sizes, conn.cursor() as present:
+            state.select_pending_objects(pending, schema)
+            sizes.execute(_TABLE_SIZES, (schema,))
+            present.execute(_PRESENT, {"schema": sql.Identifier(schema).as_string(conn)})
+            found: dict[str, set] = {"index": set(), "constraint": set(), "forced": set()}
+            for kind, table, name in present.fetchall():
+                found[kind].add((table, name))
+            return cls(
+                schema, state.fetch_pending_objects(pending), dict(sizes.fetchall()),
+                found["index"], found["constraint"], sorted(table for table, _ in found["forced"]),
+            )
+
+    def exists(self, obj: DeferredObject) -> bool:
+        return (obj.table, obj.name) in (self.indexes if obj.kind == "index" else self.constraints)
+
+    def build(self, obj: DeferredObject) -> list[sql.Composable]:
+        """A plain index, or a key's unique index (attached by :meth:`attach`); nothing if it is there already."""
+        if obj.kind == "index":
+            return [] if self.exists(obj) else [sql.SQL(obj.definition)]
+        if _THEN_ATTACH not in obj.definition or self.exists(obj) or (obj.table, obj.name) in self.indexes:
+            return []
+        return [sql.SQL(obj.definition.split(_THEN_ATTACH)[0])]
+
+    def attach(self, obj: DeferredObject) -> list[sql.Composable]:
+        """A key: attach its unique index, or build it under ALTER TABLE when it has no separate build."""
+        return [] if self.exists(obj) else [sql.SQL(obj.definition.split(_THEN_ATTACH)[-1])]
+
+    def foreign_keys(self, keys: list[DeferredObject]) -> list[sql.Composable]:
+        """Their checks read both tables as their owner, to whom a FORCEd policy applies: lifted around them."""
+        statements = [sql.SQL(k.definition) for k in keys if not self.exists(k)]
+        if not statements:
+            return []
+        forced = [sql.Identifier(self.schema, table) for table in self.forced]
+        return (
+            [sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(t) for t in forced]
+            + statements
+            + [sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(t) for t in forced]
+        )
+
+
+def _step(schema: str, statements: list[sql.Composable], restored: list[DeferredObject]) -> Step:
+    """Run ``statements`` and record ``restored`` as rebuilt, in the caller's transaction (one round trip in a pipeline)."""
+    def run(cur: psycopg.Cursor) -> None:
+        for statement in statements:
+            cur.execute(statement)
+        state.mark_restored(cur, schema, restored)
+    return run
+
+
+def _whole_tables(target: _Target, objects: list[DeferredObject]) -> tuple[list[sql.Composable], list[DeferredObject]]:
+    """Every index and key of some tables, built then attached, in one go."""
+    keys = [o for o in objects if o.kind == "key"]
+    builds = [s for o in sorted(objects, key=lambda o: o.kind != "key") for s in target.build(o)]
+    return builds + [s for k in keys for s in target.attach(k)], objects
 
 
 def restore(
@@ -138,73 +213,70 @@ def restore(
     target_schema: str,
     run_in_parallel: Callable[[list[Callable[[], None]]], None],
 ) -> int:
-    """Rebuild every object still set aside: all index builds in parallel, largest table first; foreign keys last."""
-    with connect_target() as conn, conn.cursor() as cur:
-        pending = state.pending_objects(cur, target_schema)
-        cur.execute(_TABLE_SIZES, (target_schema,))
-        sizes = dict(cur.fetchall())
-    if not pending:
+    """Rebuild every object still set aside, largest table first; foreign keys last.
+
+    Each index build of a large table is a step of its own, so the indexes of
+    one large table build side by side; the small tables' objects are rebuilt
+    together, a batch per step.
+    """
+    with connect_target() as conn:
+        target = _Target.read(conn, target_schema)
+    if not target.pending:
         return 0
-    two_phase = [obj for obj in pending if obj.kind == "key" and _THEN_ATTACH in obj.definition]
-    one_phase_keys = [obj for obj in pending if obj.kind == "key" and _THEN_ATTACH not in obj.definition]
-    indexes = [obj for obj in pending if obj.kind == "index"]
-    foreign_keys = [obj for obj in pending if obj.kind == "foreign key"]
+    by_table: dict[str, list[DeferredObject]] = {}
+    for obj in target.pending:
+        if obj.kind != "foreign key":
+            by_table.setdefault(obj.table, []).append(obj)
+    largest_first = sorted(by_table, key=lambda t: (-target.sizes.get(t, 0), t))
+    large = [t for t in largest_first if target.sizes.get(t, 0) >= SMALL_TABLES_BYTES]
 
-    largest_first = sorted(two_phase + indexes, key=lambda o: (-sizes.get(o.table, 0), o.kind != "key", o.name))
-    run_queue(connect_target, run_in_parallel, [_build(target_schema, obj) for obj in largest_first])
-
-    # Attaching takes a moment; keys that still build under ALTER TABLE (exclusion
-    # constraints, partitioned tables) wait for each other on their table's lock.
-    keys = sorted(two_phase + one_phase_keys, key=lambda o: (-sizes.get(o.table, 0), o.name))
-    run_queue(connect_target, run_in_parallel, [_attach(target_schema, obj) for obj in keys])
-    run_queue(connect_target, lambda tasks: [task() for task in tasks], [_attach(target_schema, obj) for obj in foreign_keys])
-    return len(pending)
+    builds: list[Step] = []
+    attaches: list[Step] = []
+    for table in large:
+        for obj in sorted(by_table[table], key=lambda o: (o.kind != "key", o.name)):
+            if obj.kind == "index":
+                builds.append(_step(target_schema, target.build(obj), [obj]))
+            else:
+                # Attaching takes a moment; keys that still build under ALTER TABLE (exclusion
+                # constraints, partitioned tables) wait for each other on their table's lock.
+                builds.append(_step(target_schema, target.build(obj), []))
+                attaches.append(_step(target_schema, target.attach(obj), [obj]))
+    batch: list[DeferredObject] = []
+    batch_bytes = 0
+    for table in largest_first[len(large):]:
+        batch += by_table[table]
+        batch_bytes += target.sizes.get(table, 0)
+        if batch_bytes >= SMALL_TABLES_BYTES:
+            builds.append(_step(target_schema, *_whole_tables(target, batch)))
+            batch, batch_bytes = [], 0
+    if batch:
+        builds.append(_step(target_schema, *_whole_tables(target, batch)))
+    foreign_keys = sorted((o for o in target.pending if o.kind == "foreign key"), key=lambda o: (o.table, o.name))
+    steps = [builds, attaches, [_step(target_schema, target.foreign_keys(foreign_keys), foreign_keys)] if foreign_keys else []]
+    for phase in steps:
+        run_queue(connect_target, run_in_parallel, phase)
+    return len(target.pending)
 
 
 def restore_table(conn: psycopg.Connection, target_schema: str, table: str) -> int:
-    """Rebuild one table's indexes and keys (not its foreign keys) on ``conn``, one transaction each.
+    """Rebuild one table's indexes and keys (not its foreign keys) on ``conn``, in one transaction.
 
     The copy calls it for tables already loaded while the last ones still
     load, so those index builds overlap the copy; :func:`restore` rebuilds
     whatever is left. Returns how many objects it rebuilt.
     """
-    with conn.transaction(), conn.cursor() as cur:
-        pending = [o for o in state.pending_objects(cur, target_schema) if o.table == table and o.kind != "foreign key"]
-        cur.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
-    steps = [_build(target_schema, o) for o in sorted(pending, key=lambda o: o.kind != "key")]
-    steps += [_attach(target_schema, o) for o in pending if o.kind == "key"]
-    for step in steps:
-        with conn.transaction(), conn.cursor() as cur:
-            step(cur)
-    return len(pending)
+    target = _Target.read(conn, target_schema)
+    conn.commit()
+    objects = [o for o in target.pending if o.table == table and o.kind != "foreign key"]
+    if objects:
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            _set_maintenance_work_mem(cur)
+            _step(target_schema, *_whole_tables(target, objects))(cur)
+    return len(objects)
 
 
-def _build(schema: str, obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
-    """A plain index (restored), a key's unique index (left for :func:`_attach`), a key built by ALTER TABLE (restored)."""
-    def run(cur: psycopg.Cursor) -> None:
-        if obj.kind != "key":
-            _restore(cur, schema, obj, obj.definition)
-        elif _THEN_ATTACH in obj.definition:
-            if not _exists(cur, schema, obj) and not _index_exists(cur, schema, obj.name):
-                cur.execute(obj.definition.split(_THEN_ATTACH)[0])
-    return run
-
-
-def _attach(schema: str, obj: DeferredObject) -> Callable[[psycopg.Cursor], None]:
-    """A key: attach its unique index, or build it under ALTER TABLE when it has no separate build."""
-    return lambda cur: _restore(cur, schema, obj, obj.definition.split(_THEN_ATTACH)[-1])
-
-
-def _restore(cur: psycopg.Cursor, schema: str, obj: DeferredObject, statement: str) -> None:
-    # Re-running the init SQL on a resumed run may have rebuilt it already.
-    if not _exists(cur, schema, obj):
-        with ExitStack() as lifted:
-            if obj.kind == "foreign key":
-                # Its check reads both tables as their owner, to whom a FORCEd policy applies.
-                for (table,) in cur.execute(_FORCED, (sql.Identifier(schema).as_string(cur),)).fetchall():
-                    lifted.enter_context(as_stored.readable(cur, sql.Identifier(schema, table)))
-            cur.execute(statement)
-    state.mark_restored(cur, schema, obj)
+def _set_maintenance_work_mem(cur: psycopg.Cursor) -> None:
+    cur.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
 
 
 def declared(conn: psycopg.Connection, schema: str) -> set[str]:
@@ -225,7 +297,8 @@ def forget_undeclared(cur: psycopg.Cursor, schema: str, declared: set[str]) -> l
     The init SQL may have named an index or key the source's rows cannot
     satisfy; once it no longer does, rebuilding it again would fail again.
     """
-    stale = [o for o in state.pending_objects(cur, schema) if o.name not in declared and not _exists(cur, schema, o)]
+    target = _Target.read(cur.connection, schema)
+    stale = [o for o in target.pending if o.name not in declared and not target.exists(o)]
     for obj in stale:
         state.forget_deferred(cur, schema, obj)
     return [obj.name for obj in stale]
@@ -236,7 +309,7 @@ def run_queue(
     run_in_parallel: Callable[[list[Callable[[], None]]], object],
     steps: list[Callable[[psycopg.Cursor], None]],
 ) -> None:
-    """Run ``steps`` (each in its own transaction) on as many connections as ``run_in_parallel`` allows.
+    """Run ``steps`` (each in its own transaction, pipelined) on as many connections as ``run_in_parallel`` allows.
 
     Each worker keeps one connection and takes the next step from a shared
     queue, so steps start in the order given and no connection is opened per
@@ -255,10 +328,10 @@ def run_queue(
                     step = queue.pop()
                 if conn is None:
                     conn = connect_target()
-                    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
-                    conn.commit()
                 try:
-                    with conn.transaction(), conn.cursor() as cur:
+                    # Pipelined: a step whose statements need no answer costs one round trip.
+                    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                        _set_maintenance_work_mem(cur)
                         step(cur)
                 except BaseException:
                     failed.set()

@@ -133,40 +133,44 @@ def migrate(
             raise MigrationError(f"another migration into {endpoints.target_identity} is running")
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
             jobs = preflight.check(endpoints, source, target, jobs)  # the same database twice, the lock table, connections
-            source_catalog = read_source(source, endpoints)
-            refs, needed = refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
-            run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
-            source.commit()
-            newly_frozen = freeze(source, endpoints.source_schema)
-            log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
-            try:
-                copy_seconds, copies = _copy_frozen(
-                    endpoints, source, target, run, source_catalog, refs, jobs, observer, thawed_since=bool(newly_frozen)
-                )
-                verify_started = time.monotonic()
-                report = verify_copy(endpoints, source_catalog, refs, copies, jobs, peers)
-                report.copy_seconds = copy_seconds
-                report.verify_seconds = time.monotonic() - verify_started
-                report.duration_seconds = time.monotonic() - started
-                with lock_holder.transaction(), lock_holder.cursor() as cur:
-                    state.record_verification(cur, endpoints.target_schema, report.to_dict())
-                    if report.verified:
-                        state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
-                        if service_user:
-                            policed = access.policed_tables(source, endpoints.source_schema, service_user)
-                            hand_over(cur, endpoints.target_schema, service_user, policed)
-                if not report.verified:
-                    orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
-                    raise VerificationFailed(report.mismatched + orphaned)
-            except BaseException as error:
-                where = f"{_copied_so_far(endpoints, len(source_catalog.tables))}{_after_failure(endpoints, keep_frozen)}"
-                if isinstance(error, psycopg.Error):
-                    raise MigrationError(f"database error: {one_line(error)}; {where}") from None
-                if isinstance(error, MigrationError):
-                    error.args = (f"{error}; {where}",)
-                else:  # Ctrl-C, SIGTERM
-                    error.add_note(where)
-                raise
+            # Opened in the background while the run reads and prepares; every step after lends them.
+            with endpoints.keeping_open(
+                source=jobs + preflight.EXTRA_SOURCE_CONNECTIONS, target=jobs + preflight.EXTRA_TARGET_CONNECTIONS
+            ) as kept:
+                source_catalog = read_source(source, endpoints)
+                refs, needed = refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
+                run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
+                source.commit()
+                newly_frozen = freeze(source, endpoints.source_schema)
+                log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
+                try:
+                    copy_seconds, copies = _copy_frozen(
+                        kept, source, target, run, source_catalog, refs, jobs, observer, thawed_since=bool(newly_frozen)
+                    )
+                    verify_started = time.monotonic()
+                    report = verify_copy(kept, source_catalog, refs, copies, jobs, peers)
+                    report.copy_seconds = copy_seconds
+                    report.verify_seconds = time.monotonic() - verify_started
+                    report.duration_seconds = time.monotonic() - started
+                    with lock_holder.transaction(), lock_holder.cursor() as cur:
+                        state.record_verification(cur, endpoints.target_schema, report.to_dict())
+                        if report.verified:
+                            state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
+                            if service_user:
+                                policed = access.policed_tables(source, endpoints.source_schema, service_user)
+                                hand_over(cur, endpoints.target_schema, service_user, policed)
+                    if not report.verified:
+                        orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
+                        raise VerificationFailed(report.mismatched + orphaned)
+                except BaseException as error:
+                    where = f"{_copied_so_far(endpoints, len(source_catalog.tables))}{_after_failure(endpoints, keep_frozen)}"
+                    if isinstance(error, psycopg.Error):
+                        raise MigrationError(f"database error: {one_line(error)}; {where}") from None
+                    if isinstance(error, MigrationError):
+                        error.args = (f"{error}; {where}",)
+                    else:  # Ctrl-C, SIGTERM
+                        error.add_note(where)
+                    raise
     log.info(
         "verified %s: %d relations identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity
     )
@@ -229,8 +233,9 @@ def _recheck(
             # Their indexes and keys, and the foreign keys pointing at them, may be back: set everything aside again.
             state.record_deferred(cur, endpoints.target_schema, deferred.set_aside(cur, endpoints.target_schema))
             state.forget_copies(cur, endpoints.target_schema, changed)
+            guards = as_stored.Guards.read(target, endpoints.target_schema)
             for name in changed:
-                with as_stored.loading(cur, sql.Identifier(endpoints.target_schema, name)):
+                with as_stored.loading(cur, guards, name):
                     cur.execute(sql.SQL("TRUNCATE {}").format(catalog.tables[name].own_rows(endpoints.target_schema)))
         if changed_objects:
             large_objects.forget(cur, endpoints.target_schema, changed_objects)
@@ -427,16 +432,13 @@ def prepare_target(
             raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, differences)
         # An online run's tables hold what its subscription replicated.
         owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else state.copied_tables(cur, endpoints.target_schema)
-        for name in sorted(source_catalog.tables.keys() - owned):
-            table = source_catalog.tables[name]
-            with as_stored.readable(cur, sql.Identifier(endpoints.target_schema, name)):
-                cur.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(table.own_rows(endpoints.target_schema)))
-                holds_rows = cur.fetchone()[0]
-            if holds_rows:
-                raise ForeignRows(
-                    f"target table {endpoints.target_schema}.{name} on {endpoints.target_identity} holds rows"
-                    " this engine did not write; refusing to overwrite them"
-                )
+        unowned = [source_catalog.tables[name] for name in sorted(source_catalog.tables.keys() - owned)]
+        if held := _holding_rows(cur, endpoints.target_schema, unowned):
+            raise ForeignRows(
+                f"target table{'s' if len(held) > 1 else ''} {', '.join(f'{endpoints.target_schema}.{n}' for n in held)}"
+                f" on {endpoints.target_identity} hold{'' if len(held) > 1 else 's'} rows this engine did not write;"
+                " refusing to overwrite them"
+            )
         for ref in refs.foreign_keys:
             _index_reference(cur, endpoints.target_schema, ref)
         if service_user:
@@ -446,6 +448,25 @@ def prepare_target(
             state.record_init(cur, endpoints.target_schema, _digest(init_sql))
         state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
         return state.load_run(cur, endpoints.target_schema)
+
+
+def _holding_rows(cur: psycopg.Cursor, schema: str, tables: list[Table]) -> list[str]:
+    """Which of ``tables`` hold rows on the target: one question for all of them, under any FORCEd policy lifted."""
+    if not tables:
+        return []
+    forced = as_stored.Guards.read(cur.connection, schema).forced
+    lifted = [sql.Identifier(schema, t.name) for t in tables if t.name in forced]
+    for table in lifted:
+        cur.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(table))
+    cur.execute(
+        sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(t.name), t.own_rows(schema)) for t in tables
+        )
+    )
+    held = [name for (name,) in cur.fetchall()]
+    for table in lifted:
+        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table))
+    return held
 
 
 def _missing_counterparts(target: Catalog, refs: References) -> list[str]:
@@ -511,7 +532,9 @@ def _copy(
             objects = deferred.set_aside(cur, endpoints.target_schema)
             state.record_deferred(cur, endpoints.target_schema, objects)
         log.info("set aside %d indexes and constraints for the load", len(objects))
-    return copy_tables(endpoints, pending, jobs, observer)
+    guards = as_stored.Guards.read(target, endpoints.target_schema)
+    target.commit()
+    return copy_tables(endpoints, pending, guards, jobs, observer)
 
 
 def _finish(
@@ -554,12 +577,16 @@ def _step(doing: str) -> Iterator[None]:
 def analyze(endpoints: Endpoints, tables: list[str], jobs: int) -> None:
     """Planner statistics for the copied tables, so the first queries after cutover get real plans.
 
-    On ``jobs`` open connections: one per table would cost a connection (and a
-    TLS handshake) each, most of the time for a schema of many small tables.
+    One ``ANALYZE`` statement per job, each naming its share of the tables, on
+    open connections: a statement or a connection per table would cost a round
+    trip or a handshake each, most of the time for a schema of many small tables.
     """
+    shares = [tables[n::jobs] for n in range(min(jobs, len(tables)))]
     steps = [
-        lambda cur, table=table: cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(endpoints.target_schema, table)))
-        for table in tables
+        lambda cur, share=share: cur.execute(
+            sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(sql.Identifier(endpoints.target_schema, t) for t in share))
+        )
+        for share in shares
     ]
     deferred.run_queue(endpoints.connect_target, lambda tasks: run_all(jobs, tasks), steps)
 

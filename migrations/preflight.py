@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 # Connections a run holds besides its jobs, not yet open when ``check`` counts
 # (the run's lock holder and its source and target connections are open, and
-# counted): the source connection that exports the copy's snapshot.
+# counted): the source connection that exports the copy's snapshot (and leads
+# the verification). ``engine.migrate`` keeps this many open, a side.
 EXTRA_SOURCE_CONNECTIONS = 1
 EXTRA_TARGET_CONNECTIONS = 0
 
@@ -120,7 +121,7 @@ class Server:
 
 
 def read_server(conn: psycopg.Connection, side: str, where: str) -> Server:
-    with conn.cursor() as cur:
+    with conn.pipeline(), conn.cursor() as cur:  # with the transaction's BEGIN
         cur.execute(_SERVER)
         started, oid, max_connections, superuser_reserved, reserved, in_use, max_locks, max_prepared, may_read = cur.fetchone()
         system_identifier = None

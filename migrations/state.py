@@ -8,6 +8,7 @@ service user is never granted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +108,13 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
     Waits a little: the server may not yet have noticed that a killed run's
     connection is gone.
     """
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{wait_seconds}s")))
     try:
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{STATE_SCHEMA}:{target_schema}",))
+        # The wait bounded for this statement only; a session lock outlives the transaction. One round trip.
+        with conn.pipeline(), conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_seconds}s")))
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{STATE_SCHEMA}:{target_schema}",))
     except psycopg.errors.LockNotAvailable:
         return False
-    finally:
-        conn.execute("RESET lock_timeout")
     return True
 
 
@@ -224,20 +225,30 @@ def record_deferred(cur: psycopg.Cursor, target_schema: str, objects: list[Defer
 
 
 def pending_objects(cur: psycopg.Cursor, target_schema: str) -> list[DeferredObject]:
+    select_pending_objects(cur, target_schema)
+    return fetch_pending_objects(cur)
+
+
+def select_pending_objects(cur: psycopg.Cursor, target_schema: str) -> None:
+    """The query of :func:`pending_objects` alone, for a pipeline that fetches later."""
     cur.execute(
         "SELECT table_name, object_name, kind, definition FROM schema_migration.deferred_object"
         " WHERE target_schema = %s AND NOT restored ORDER BY table_name, object_name",
         (target_schema,),
     )
+
+
+def fetch_pending_objects(cur: psycopg.Cursor) -> list[DeferredObject]:
     return [DeferredObject(*row) for row in cur.fetchall()]
 
 
-def mark_restored(cur: psycopg.Cursor, target_schema: str, obj: DeferredObject) -> None:
-    cur.execute(
-        "UPDATE schema_migration.deferred_object SET restored = true"
-        " WHERE target_schema = %s AND table_name = %s AND object_name = %s",
-        (target_schema, obj.table, obj.name),
-    )
+def mark_restored(cur: psycopg.Cursor, target_schema: str, objects: Sequence[DeferredObject]) -> None:
+    if objects:
+        cur.execute(
+            "UPDATE schema_migration.deferred_object SET restored = true"
+            " WHERE target_schema = %s AND (table_name, object_name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (target_schema, [o.table for o in objects], [o.name for o in objects]),
+        )
 
 
 def forget_deferred(cur: psycopg.Cursor, target_schema: str, obj: DeferredObject) -> None:

@@ -33,7 +33,7 @@ from graphlib import TopologicalSorter
 import psycopg
 from psycopg import sql
 
-from . import as_stored, large_objects
+from . import large_objects
 from .catalog import Table, own_rows
 from .connection import Endpoints
 from .parallel import run_all, stopping
@@ -138,6 +138,8 @@ WHERE c.relnamespace = %s::regnamespace AND c.relkind IN ('r', 'p', 'm', 'f')
 ORDER BY 1
 """
 
+_SEQUENCES = "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind = 'S'"
+
 _SEQUENCE_POSITIONS = """
 SELECT s.relname, q.seqincrement FROM pg_class s JOIN pg_sequence q ON q.seqrelid = s.oid
 WHERE s.relnamespace = %s::regnamespace ORDER BY 1
@@ -153,8 +155,8 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
     ``row_security = off``, so a policy cannot hide rows from either side.
     """
     result = SchemaVerification()
-    with endpoints.connect_source(autocommit=True) as source, endpoints.connect_target(autocommit=True) as target:
-        method = MD5 if MD5 in {_server_method(source), _server_method(target)} else HASH
+    method = _common_method(endpoints)
+    with endpoints.connect_source(autocommit=True) as source:
         schema = sql.Identifier(endpoints.source_schema).as_string(source)
         relations, oid_columns = [], []
         for name, kind, populated, size, query, columns, types, oids, reads in source.execute(_HOLDINGS, (schema,)).fetchall():
@@ -165,17 +167,24 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
             elif kind != "partitioned table":  # its rows are its partitions'
                 relations.append(Relation(name, kind, tuple(zip(columns, types)), size, query=query, reads=tuple(reads)))
                 oid_columns += [(name, column) for column in oids]
-        sequences = source.execute(_SEQUENCE_POSITIONS, (schema,)).fetchall()
+        sequences = dict(source.execute(_SEQUENCE_POSITIONS, (schema,)).fetchall())
         # The columns are this module's own reading of the catalog; the copy's list plays no part.
         referenced = large_objects.referenced(source, endpoints.source_schema, oid_columns)
         source_objects = dict(large_objects.digests(source, referenced))
-        source_positions = {name: _next_value(source, endpoints.source_schema, name) for name, _ in sequences}
+        source_next = _next_values(source, endpoints.source_schema, list(sequences))
         stored = _compare(endpoints, [replace(r, query=None) for r in relations], jobs, method)
         result.relations = _refreshed(source, endpoints.source_schema, stored, relations, result.unchecked, method)
-        for name, increment in sequences:
-            behind = _sequence_behind(target, endpoints.target_schema, name, increment, source_positions[name])
-            if behind:
-                result.sequences.append(f"sequence {name} ({behind})")
+    # Once the workers have given their target connections back: a run keeps no more than its jobs open there.
+    with endpoints.connect_target(autocommit=True) as target:
+        target_sequences = {n for (n,) in target.execute(_SEQUENCES, (sql.Identifier(endpoints.target_schema).as_string(target),))}
+        target_next = _next_values(target, endpoints.target_schema, sorted(target_sequences & sequences.keys()))
+        for name, increment in sequences.items():
+            if name not in target_next:
+                result.sequences.append(f"sequence {name} (missing in the target)")
+            elif (target_next[name] - source_next[name]) * increment < 0:
+                result.sequences.append(
+                    f"sequence {name} (next value {target_next[name]} in the target, {source_next[name]} in the source)"
+                )
         target_objects = dict(large_objects.digests(target, referenced))
     result.large_objects = len(referenced)
     result.large_object_differences = [
@@ -186,26 +195,22 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
     return result
 
 
-def _next_value(conn: psycopg.Connection, schema: str, name: str) -> int:
-    """What the sequence's next nextval() would return, without calling it."""
-    last_value, is_called, increment = conn.execute(
-        sql.SQL("SELECT s.last_value, s.is_called, q.seqincrement FROM {} s, pg_sequence q WHERE q.seqrelid = %s::regclass").format(
-            sql.Identifier(schema, name)
-        ),
-        (sql.Identifier(schema, name).as_string(conn),),
-    ).fetchone()
-    return last_value + increment if is_called else last_value
-
-
-def _sequence_behind(conn: psycopg.Connection, schema: str, name: str, increment: int, source_next: int) -> str | None:
-    """Why the target's sequence would hand out a value the source already did, or None."""
-    (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, name).as_string(conn),)).fetchone()
-    if not exists:
-        return "missing in the target"
-    target_next = _next_value(conn, schema, name)
-    if (target_next - source_next) * increment < 0:
-        return f"next value {target_next} in the target, {source_next} in the source"
-    return None
+def _next_values(conn: psycopg.Connection, schema: str, names: list[str]) -> dict[str, int]:
+    """What each sequence's next nextval() would return, without calling it; one query for all."""
+    if not names:
+        return {}
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL(
+            "SELECT {name}, CASE WHEN s.is_called THEN s.last_value + q.seqincrement ELSE s.last_value END"
+            " FROM {sequence} s, pg_sequence q WHERE q.seqrelid = {regclass}::regclass"
+        ).format(
+            name=sql.Literal(name),
+            sequence=sql.Identifier(schema, name),
+            regclass=sql.Literal(sql.Identifier(schema, name).as_string(conn)),
+        )
+        for name in names
+    )
+    return dict(conn.execute(query).fetchall())
 
 
 def _refreshed(
@@ -260,18 +265,28 @@ def verify_tables(endpoints: Endpoints, tables: list[Table], jobs: int) -> list[
     )
 
 
+# Relations smaller than this are checksummed together, several to a round trip.
+BATCH_BYTES = 32 << 20
+
+# Which of the relations exist, and which the engine must lift a FORCEd policy from to read.
+_READABLE = """
+SELECT relname, relforcerowsecurity AND row_security_active(oid) FROM pg_class
+WHERE relnamespace = %s::regnamespace AND relname = ANY(%s) AND relkind IN ('r', 'p', 'm', 'f')
+"""
+
+
 def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int, method: str) -> list[TableVerification]:
     """Each side works through the relations, largest first, on ``jobs`` connections."""
     ordered = sorted(relations, key=lambda r: r.name)
     if not ordered:
         return []
-    largest_first = sorted(ordered, key=lambda r: (-r.size_bytes, r.name))
+    batches = _batches(relations)
     sides = {
         "source": (endpoints.connect_source, endpoints.source_schema),
         "target": (endpoints.connect_target, endpoints.target_schema),
     }
     sums: dict[tuple[str, str], Checksum | None] = {}
-    queues = {side: list(reversed(largest_first)) for side in sides}
+    queues = {side: list(reversed(batches)) for side in sides}
     lock, failed = threading.Lock(), threading.Event()
 
     def worker(side: str) -> Callable[[], None]:
@@ -283,18 +298,34 @@ def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int, method:
                     with lock:
                         if not queues[side]:
                             return
-                        relation = queues[side].pop()
+                        batch = queues[side].pop()
                     try:
-                        sums[side, relation.name] = _checksum(conn, schema, relation, method, side)
+                        for name, found in _checksums(conn, schema, batch, method, side).items():
+                            sums[side, name] = found
                     except BaseException:
                         failed.set()
                         raise
 
         return run
 
-    workers = max(1, min(jobs, len(ordered)))
+    workers = max(1, min(jobs, len(batches)))
     run_all(2 * workers, [worker(side) for side in sides for _ in range(workers)])
     return [TableVerification(r.name, sums["source", r.name], sums["target", r.name], r.kind) for r in ordered]
+
+
+def _batches(relations: list[Relation]) -> list[list[Relation]]:
+    """Largest first: each large relation alone (the server may spread it over workers), small ones together."""
+    batches: list[list[Relation]] = []
+    small: list[Relation] = []
+    for relation in sorted(relations, key=lambda r: (-r.size_bytes, r.name)):
+        if relation.size_bytes >= BATCH_BYTES:
+            batches.append([relation])
+            continue
+        small.append(relation)
+        if sum(r.size_bytes for r in small) >= BATCH_BYTES:
+            batches.append(small)
+            small = []
+    return batches + [small] if small else batches
 
 
 def checksum(connect, schema: str, table: Table, method: str | None = None) -> Checksum:
@@ -309,12 +340,31 @@ def checksum(connect, schema: str, table: Table, method: str | None = None) -> C
 
 
 def _checksum(conn: psycopg.Connection, schema: str, relation: Relation, method: str, side: str) -> Checksum | None:
-    """None if the relation does not exist.
+    return _checksums(conn, schema, [relation], method, side)[relation.name]
+
+
+def _checksums(
+    conn: psycopg.Connection, schema: str, relations: list[Relation], method: str, side: str
+) -> dict[str, Checksum | None]:
+    """Each relation's checksum (None if it does not exist), in two round trips whatever their number.
 
     On the target, which the engine owns, a FORCEd policy is lifted for the
-    read; on the source, a materialized view is read through its query.
+    read, in a transaction rolled back; on the source, a materialized view is
+    read through its query.
     """
-    name = sql.Identifier(schema, relation.name)
+    readable = dict(conn.execute(_READABLE, (sql.Identifier(schema).as_string(conn), [r.name for r in relations])).fetchall())
+    cursors: dict[str, psycopg.Cursor] = {}
+    with conn.pipeline(), conn.transaction(force_rollback=True):
+        if side == "target":
+            for name in sorted(name for name, forced in readable.items() if forced):
+                conn.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, name)))
+        for relation in relations:
+            if relation.name in readable:
+                cursors[relation.name] = conn.execute(_checksum_query(schema, relation, method, side))
+    return {r.name: Checksum(*cursors[r.name].fetchone()) if r.name in cursors else None for r in relations}
+
+
+def _checksum_query(schema: str, relation: Relation, method: str, side: str) -> sql.Composed:
     columns = sql.SQL(", ").join(sql.Identifier(column) for column, _ in relation.columns)
     if side == "source" and relation.query is not None:
         # pg_get_viewdef() text, rendered by the source server itself; the alias list keeps the view's column names.
@@ -323,20 +373,11 @@ def _checksum(conn: psycopg.Connection, schema: str, relation: Relation, method:
         )
     else:
         rows = own_rows(schema, relation.name, relation.partitioned)
-    query = sql.SQL(_CHECKSUMS[method]).format(
+    return sql.SQL(_CHECKSUMS[method]).format(
         columns=columns,
         values=sql.SQL(", ").join(_value(column, type_) for column, type_ in relation.columns),
         table=rows,
     )
-    with conn.transaction(force_rollback=True), conn.cursor() as cur:
-        if not cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name.as_string(cur),)).fetchone()[0]:
-            return None
-        if side == "target":
-            with as_stored.readable(cur, name):
-                count, checksum = cur.execute(query).fetchone()
-        else:
-            count, checksum = cur.execute(query).fetchone()
-    return Checksum(count, checksum)
 
 
 def _value(name: str, type_: str) -> sql.Composable:

@@ -27,10 +27,10 @@ def _slow_largest_table(monkeypatch) -> None:
     """Hold the largest table back, so the other worker runs out of tables and builds indexes meanwhile."""
     real = copy_module._copy_table
 
-    def slow(endpoints, source, target, table, observer):
+    def slow(endpoints, source, target, guards, table, observer):
         if table.name == "events":
             time.sleep(0.5)
-        return real(endpoints, source, target, table, observer)
+        return real(endpoints, source, target, guards, table, observer)
 
     monkeypatch.setattr(copy_module, "_copy_table", slow)
 

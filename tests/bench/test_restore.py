@@ -125,7 +125,7 @@ def test_a_restore_interrupted_between_a_keys_build_and_its_attach_finishes(shop
         plain = next(o for o in objects if o.name == "orders_customer_idx")
         conn.execute(plain.definition)
         with conn.cursor() as cur:
-            state.mark_restored(cur, SCHEMA, plain)
+            state.mark_restored(cur, SCHEMA, [plain])
 
     assert _restore(shop) == len(objects) - 1
     with psycopg.connect(shop) as conn:

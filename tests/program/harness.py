@@ -11,6 +11,7 @@ JSON object, ``PULUMI_CONFIG``: ``project:key`` names, every value a string
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -41,6 +42,12 @@ PASSWORD = "random:index/randomPassword:RandomPassword"
 INSTANCE_ID = "random:index/randomId:RandomId"
 SECRET = "kubernetes:core/v1:Secret"
 PATCH = "kubernetes:apps/v1:DeploymentPatch"
+KSA = "kubernetes:core/v1:ServiceAccount"
+KSA_PATCH = "kubernetes:core/v1:ServiceAccountPatch"
+GSA = "gcp:serviceaccount/account:Account"
+GSA_MEMBER = "gcp:serviceaccount/iAMMember:IAMMember"
+PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
+GCP_PROVIDER = "pulumi:providers:gcp"
 K8S_PROVIDER = "pulumi:providers:kubernetes"
 STACK_REFERENCE = "pulumi:pulumi:StackReference"
 STACK = "pulumi:pulumi:Stack"
@@ -159,6 +166,9 @@ class Resource:
     retainOnDelete: bool
     dependencies: list[str]
     inputs: dict[str, Any]
+    aliases: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    deletedWith: str = ""
+    customTimeouts: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def plain(self) -> dict[str, Any]:

@@ -9,7 +9,9 @@ run is its own process, so no runtime state leaks between stacks.
 
 The mock monitor records every RegisterResource and ReadResource request (a
 StackReference is a read): type, name, parent, provider, protect, dependencies,
-serialized inputs with their secret markers; and every RegisterResourceOutputs. Like the engine, it marks an output secret
+aliases, deletedWith, custom timeouts, serialized inputs with their secret
+markers; and every RegisterResourceOutputs. It runs the stack's transforms on
+each registration's inputs first, as the engine does (MockMonitor only records them). Like the engine, it marks an output secret
 when its input was secret or the resource lists it in additional_secret_outputs.
 """
 
@@ -41,6 +43,11 @@ COMPUTED = {
     "gcp:sql/databaseInstance:DatabaseInstance": lambda a: {
         "privateIpAddress": "10.20.0." + str(int(_digest(a.name, 2), 16) % 250 + 2),
         "connectionName": f"mock-project:us-central1:{a.inputs['name']}",
+        "serverCaCerts": [{"cert": f"-----BEGIN CERTIFICATE-----\n{_digest(a.name, 64)}\n-----END CERTIFICATE-----\n"}],
+    },
+    "gcp:serviceaccount/account:Account": lambda a: {
+        "email": f"{a.inputs['accountId']}@{a.inputs['project']}.iam.gserviceaccount.com",
+        "name": f"projects/{a.inputs['project']}/serviceAccounts/{a.inputs['accountId']}@{a.inputs['project']}.iam.gserviceaccount.com",
     },
     "pulumi:pulumi:StackReference": lambda a: {
         "outputs": {"kubeconfig": f"apiVersion: v1\nkind: Config\n# cluster of {a.inputs['name']}\n"},
@@ -69,10 +76,16 @@ class RecordingMonitor(MockMonitor):
         self.outputs: dict[str, Any] = {}
 
     def RegisterResource(self, request):
+        self._transform(request)
         response = super().RegisterResource(request)
         self._record(
             response.urn, request, request.object, request.custom, request.protect, request.retainOnDelete
         )
+        self.registered[-1] |= {
+            "aliases": [json_format.MessageToDict(alias) for alias in request.aliases],
+            "deletedWith": request.deletedWith,
+            "customTimeouts": json_format.MessageToDict(request.customTimeouts),
+        }
         self._mark_secret_outputs(request, request.object, response.object)
         return response
 
@@ -81,6 +94,14 @@ class RecordingMonitor(MockMonitor):
         self._record(response.urn, request, request.properties, True, False, False)
         self._mark_secret_outputs(request, request.properties, response.properties)
         return response
+
+    def _transform(self, request) -> None:
+        for transform in self._stack_transforms:
+            props = json_format.MessageToDict(request.object)
+            args = pulumi.ResourceTransformArgs(request.custom, request.type, request.name, props, pulumi.ResourceOptions())
+            result = transform(args)
+            if result is not None:
+                request.object.CopyFrom(json_format.ParseDict(result.props, struct_pb2.Struct()))
 
     def _record(
         self, urn: str, request, inputs: struct_pb2.Struct, custom: bool, protect: bool, retain: bool

@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,14 +70,14 @@ def _engine_string(value: Any) -> str:
     return str(value)
 
 
-def engine_config(values: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """(PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS) for stack-file ``values``."""
+def engine_config(values: Mapping[str, Any], secret: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """(PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS) for stack-file ``values``; ``secret``: more keys set with --secret."""
     declared = yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())["config"]
     merged = {f"{PROJECT}:{key}": spec["default"] for key, spec in declared.items() if "default" in spec}
     merged.update(values)
-    secret = f"{PROJECT}:sourceDatabaseUrl"
+    secret_keys, secret = list(secret), f"{PROJECT}:sourceDatabaseUrl"
     merged.setdefault(secret, SOURCE_DATABASE_URL)
-    return {key: _engine_string(value) for key, value in merged.items()}, [secret]
+    return {key: _engine_string(value) for key, value in merged.items()}, [secret, *secret_keys]
 
 
 def project_values(values: Mapping[str, Any]) -> dict[str, str]:
@@ -97,9 +97,9 @@ def project_copy(destination: Path) -> Path:
 
 
 def start_program(
-    stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT
+    stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT, secret: Sequence[str] = ()
 ) -> subprocess.Popen:
-    config, secret_keys = engine_config(values)
+    config, secret_keys = engine_config(values, secret)
     env = {
         **os.environ,
         "PULUMI_CONFIG": json.dumps(config),
@@ -120,8 +120,10 @@ def finish_program(process: subprocess.Popen, out: Path) -> Graph:
     return Graph(json.loads(out.read_text()))
 
 
-def run_program(stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT) -> Graph:
-    return finish_program(start_program(stack, values, out, project_dir), out)
+def run_program(
+    stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT, secret: Sequence[str] = ()
+) -> Graph:
+    return finish_program(start_program(stack, values, out, project_dir, secret), out)
 
 
 # Secrets as the SDK serializes them: {<sig key>: <secret sig>, "value": ...}.

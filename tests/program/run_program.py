@@ -34,22 +34,23 @@ from pulumi.runtime.mocks import MockMonitor
 
 SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
 
-# Minimal stand-ins for what each provider computes on create.
+# Minimal stand-ins for what each provider computes on create, from the name the resource's state is
+# kept under (its alias's, after a rename: the engine moves the state, the provider computes nothing again).
 COMPUTED = {
-    "random:index/randomId:RandomId": lambda a: {"hex": a.inputs["prefix"] + _digest(a.name, 8)},
-    "random:index/randomPassword:RandomPassword": lambda a: {
-        "result": _digest(a.name, int(a.inputs["length"]))
+    "random:index/randomId:RandomId": lambda a, name: {"hex": a.inputs["prefix"] + _digest(name, 8)},
+    "random:index/randomPassword:RandomPassword": lambda a, name: {
+        "result": _digest(name, int(a.inputs["length"]))
     },
-    "gcp:sql/databaseInstance:DatabaseInstance": lambda a: {
-        "privateIpAddress": "10.20.0." + str(int(_digest(a.name, 2), 16) % 250 + 2),
+    "gcp:sql/databaseInstance:DatabaseInstance": lambda a, name: {
+        "privateIpAddress": "10.20.0." + str(int(_digest(name, 2), 16) % 250 + 2),
         "connectionName": f"mock-project:us-central1:{a.inputs['name']}",
-        "serverCaCerts": [{"cert": f"-----BEGIN CERTIFICATE-----\n{_digest(a.name, 64)}\n-----END CERTIFICATE-----\n"}],
+        "serverCaCerts": [{"cert": f"-----BEGIN CERTIFICATE-----\n{_digest(name, 64)}\n-----END CERTIFICATE-----\n"}],
     },
-    "gcp:serviceaccount/account:Account": lambda a: {
+    "gcp:serviceaccount/account:Account": lambda a, _: {
         "email": f"{a.inputs['accountId']}@{a.inputs['project']}.iam.gserviceaccount.com",
         "name": f"projects/{a.inputs['project']}/serviceAccounts/{a.inputs['accountId']}@{a.inputs['project']}.iam.gserviceaccount.com",
     },
-    "pulumi:pulumi:StackReference": lambda a: {
+    "pulumi:pulumi:StackReference": lambda a, _: {
         "outputs": {"kubeconfig": f"apiVersion: v1\nkind: Config\n# cluster of {a.inputs['name']}\n"},
         "secretOutputNames": ["kubeconfig"],
     },
@@ -61,8 +62,11 @@ def _digest(name: str, length: int) -> str:
 
 
 class ProgramMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.kept_as: dict[str, str] = {}  # resource name -> the alias name its state is kept under
+
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict]:
-        computed = COMPUTED.get(args.typ, lambda _: {})(args)
+        computed = COMPUTED.get(args.typ, lambda *_: {})(args, self.kept_as.get(args.name, args.name))
         return f"{args.name}-id", {**args.inputs, **computed}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
@@ -77,15 +81,16 @@ class RecordingMonitor(MockMonitor):
 
     def RegisterResource(self, request):
         self._transform(request)
+        renamed = [alias.spec.name for alias in request.aliases if alias.spec.name]
+        if renamed:
+            self.mocks.kept_as[request.name] = renamed[0]
         response = super().RegisterResource(request)
         self._record(
-            response.urn, request, request.object, request.custom, request.protect, request.retainOnDelete
+            response.urn, request, request.object, request.custom, request.protect, request.retainOnDelete,
+            aliases=[json_format.MessageToDict(alias) for alias in request.aliases],
+            deletedWith=request.deletedWith,
+            customTimeouts=json_format.MessageToDict(request.customTimeouts),
         )
-        self.registered[-1] |= {
-            "aliases": [json_format.MessageToDict(alias) for alias in request.aliases],
-            "deletedWith": request.deletedWith,
-            "customTimeouts": json_format.MessageToDict(request.customTimeouts),
-        }
         self._mark_secret_outputs(request, request.object, response.object)
         return response
 
@@ -104,7 +109,7 @@ class RecordingMonitor(MockMonitor):
                 request.object.CopyFrom(json_format.ParseDict(result.props, struct_pb2.Struct()))
 
     def _record(
-        self, urn: str, request, inputs: struct_pb2.Struct, custom: bool, protect: bool, retain: bool
+        self, urn: str, request, inputs: struct_pb2.Struct, custom: bool, protect: bool, retain: bool, **extra: Any
     ) -> None:
         self.registered.append(
             {
@@ -118,6 +123,7 @@ class RecordingMonitor(MockMonitor):
                 "retainOnDelete": retain,
                 "dependencies": list(request.dependencies),
                 "inputs": json_format.MessageToDict(inputs),
+                **extra,
             }
         )
 

@@ -7,13 +7,22 @@ field's type, and the Rule in its ``Annotated`` hint. Every problem is collected
 and reported at once in a :class:`ConfigError` whose lines name the key path
 (``services[2].tier``) and what is allowed.
 
-``sourceDatabaseUrl`` is a secret: it is checked here like the rest (its
-plaintext is what the engine hands the program), but no message ever shows any
-part of it, and the program reads it again with ``require_secret``, so it stays
-a Pulumi secret downstream.
+Values are read through ``pulumi.Config``'s typed getters, the names of the
+keys (to refuse unknown ones) through ``pulumi.runtime.get_config_env()``, and
+which of them are secret through ``pulumi.runtime.is_config_secret()``: the
+SDK's public surface only.
+
+``sourceDatabaseUrl`` is a secret: it is checked here like the rest, but no
+message ever shows any part of it, and the program reads it again with
+``require_secret``, so it stays a Pulumi secret downstream. ``kubernetes`` may
+be set with ``--secret`` too (a kubeconfig holds credentials): its values are
+never shown, and components/cluster.py reads it with ``require_secret_object``.
+Any other key set with ``--secret`` is refused: its values name resources and
+show in every plan, so it cannot stay secret.
 """
 
 import dataclasses
+import datetime
 import json
 import re
 import types
@@ -29,6 +38,9 @@ from psycopg.conninfo import conninfo_to_dict
 # Read by __main__ with require_secret; checked here by _source_url_problems.
 SOURCE_URL_KEY = "sourceDatabaseUrl"
 SECRET_KEYS = (SOURCE_URL_KEY,)
+KUBERNETES_KEY = "kubernetes"
+# The keys that may be set with --secret and stay secret all the way.
+MAY_BE_SECRET = (SOURCE_URL_KEY, KUBERNETES_KEY)
 SOURCE_URL_ALLOWED = (
     "postgresql://<user>:<password>@<host>:<port>/<dbname> (or postgres://, or libpq key=value pairs),"
     " with @ : / in the user or password percent-encoded, set with `pulumi config set --secret`"
@@ -42,6 +54,12 @@ INSTANCE_SUFFIX_HEX = 8
 
 # The migration connects as `migrator`; Cloud SQL owns `postgres`, pg_* and cloudsql*.
 RESERVED_USERS = ("migrator", "postgres")
+
+# auth: iam gives each service a Google service account "<name>-db"; its id is 6..30 characters.
+SERVICE_ACCOUNT_SUFFIX = "-db"
+SERVICE_ACCOUNT_ID_LIMIT = 30
+# Cloud SQL: a deny maintenance period lasts at most 90 days.
+DENY_MAINTENANCE_DAYS = 90
 
 
 class ConfigError(pulumi.RunError):
@@ -102,6 +120,14 @@ def _is_user(user: str) -> bool:
     )
 
 
+def _is_date(text: str) -> bool:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) is not None
+
+
 IDENTIFIER = pattern(IDENTIFIER_REGEX, "a PostgreSQL identifier: [a-z_][a-z0-9_]*, at most 63 characters")
 DNS_LABEL = pattern(
     r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
@@ -135,6 +161,21 @@ class Backups:
     retained_backups: Annotated[int, between(1, 365)]
     point_in_time_recovery: bool
     transaction_log_retention_days: Annotated[int, between(1, 7, " (Cloud SQL Enterprise edition)")]
+    # Where the backups are stored (a region or multi-region); Cloud SQL's default is the nearest multi-region.
+    location: Annotated[
+        str | None, pattern(r"[a-z]+(-[a-z]+[0-9]+)?", "a region or multi-region, e.g. us or us-central1")
+    ] = None
+    # How long the backup Cloud SQL takes when the instance is deleted is kept.
+    final_backup_retention_days: Annotated[int, between(1, 365, " days")] = 30
+
+
+@dataclass(frozen=True)
+class DenyMaintenancePeriod:
+    """No maintenance from start_date to end_date (UTC, at most 90 days): the planned cutover dates."""
+
+    start_date: Annotated[str, Rule("a date YYYY-MM-DD, e.g. 2025-03-01", _is_date)]
+    end_date: Annotated[str, Rule("a date YYYY-MM-DD, e.g. 2025-03-15", _is_date)]
+    time: Annotated[str, pattern(r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]", "HH:MM:SS (UTC)")] = "00:00:00"
 
 
 @dataclass(frozen=True)
@@ -152,7 +193,6 @@ class ServiceConfig:
     instance: Annotated[str, INSTANCE]
     source_schema: Annotated[str, IDENTIFIER]
     database: Annotated[str, IDENTIFIER]
-    user: Annotated[str, USER]
     tier: Annotated[str, TIER]
     disk_size_gb: Annotated[int, between(10, 65536, " GB")]
     availability: Annotated[str, one_of("ZONAL", "REGIONAL")]
@@ -176,6 +216,33 @@ class ServiceConfig:
     # The Secret (same keys as secretName's) with the shared instance's connection:
     # where the Deployment points while not cut over. Required when cutover is false.
     shared_secret_name: Annotated[str | None, DNS_SUBDOMAIN] = None
+    # password: a database user with a generated password, kept in the Secret;
+    # iam: a Google service account through the Cloud SQL Auth Proxy sidecar, no password.
+    # Unset: iam, but password on dev stacks (see _with_defaults).
+    auth: Annotated[str | None, one_of("password", "iam")] = None
+    # The database user, with auth: password (with iam it is the service account's IAM name).
+    user: Annotated[str | None, USER] = None
+    # auth: iam: the Kubernetes ServiceAccount the Deployment runs as (default: the service's name);
+    # created, or adopted (annotated only) when it already exists.
+    service_account: Annotated[str | None, DNS_SUBDOMAIN] = None
+    adopt_service_account: bool = False
+    deny_maintenance_period: DenyMaintenancePeriod | None = None
+    # The largest size disk autoresize may reach; 0: no limit.
+    disk_autoresize_limit_gb: Annotated[int, between(0, 65536, " GB (0: no limit)")] = 0
+    charset: Annotated[str, pattern(r"[A-Z][A-Z0-9_]*", "a PostgreSQL encoding, e.g. UTF8")] = "UTF8"
+    collation: Annotated[str, pattern(r"[A-Za-z0-9_.@-]+", "a collation name, e.g. en_US.UTF8 or C")] = "en_US.UTF8"
+    # The name this service had before a rename: its resources keep their URNs (aliases), nothing is replaced.
+    previous_name: Annotated[str | None, DNS_LABEL] = None
+
+    # Names derived from the service's name keep the previous name after a rename:
+    # a new one would replace the service account, and with it the database user.
+    @property
+    def kubernetes_service_account(self) -> str:
+        return self.service_account or self.previous_name or self.name
+
+    @property
+    def google_service_account_id(self) -> str:
+        return f"{self.previous_name or self.name}{SERVICE_ACCOUNT_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -213,7 +280,22 @@ class StackConfig:
         ],
         ...,
     ]
+    # Cloud SQL refuses every connection that does not come through a connector (the Auth Proxy).
+    connector_enforcement: bool
+    # Cloud SQL's password validation policy on the instances (prod); the generated passwords satisfy it.
+    password_policy: bool
+    # The `owner` label stamped, with service and stack, on every Google Cloud resource that takes labels.
+    owner: Annotated[str, pattern(r"[a-z][a-z0-9_-]{0,62}", "a label value: lower-case letters, digits, '_' and '-'")]
     kubernetes: KubernetesAccess | None = None
+
+
+def default_auth(stack: str) -> str:
+    """Dev keeps the seed's password contract; every other stack connects with IAM."""
+    return "password" if _is_dev(stack) else "iam"
+
+
+def _is_dev(stack: str) -> bool:
+    return stack.split("-")[0] == "dev"
 
 
 def init_script(sql_dir: Path, database: str) -> Path:
@@ -222,38 +304,66 @@ def init_script(sql_dir: Path, database: str) -> Path:
 
 
 def from_pulumi(sql_dir: Path) -> StackConfig:
-    """The current stack's configuration, as the engine handed it to this program."""
+    """The current stack's configuration, read through the SDK's public surface."""
     import pulumi_gcp  # here, so that load() and its tests need no provider SDK
 
     project = pulumi.get_project()
-    # pulumi.Config reads one key at a time; refusing unknown keys needs them all.
-    # Secrets are in plaintext here, as the engine hands them (PULUMI_CONFIG).
-    handed = {**pulumi.runtime.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
     prefix = f"{project}:"
-    values = {key[len(prefix) :]: value for key, value in handed.items() if key.startswith(prefix)}
+    # pulumi.Config reads one key at a time; refusing unknown keys needs their names.
+    keys = sorted(key[len(prefix) :] for key in pulumi.runtime.get_config_env() if key.startswith(prefix))
+    secret = frozenset(key for key in keys if pulumi.runtime.is_config_secret(prefix + key))
+    values = {key: _read(pulumi.Config(), key) for key in keys}
     # The project the gcp provider creates the instances in: gcp:project or its environment variables.
-    return load(project, pulumi.get_stack(), values, sql_dir, gcp_project=pulumi_gcp.config.project)
+    return load(
+        project, pulumi.get_stack(), values, sql_dir, gcp_project=pulumi_gcp.config.project, secret_keys=secret
+    )
+
+
+def _read(config: pulumi.Config, key: str) -> Any:
+    """``key``'s value through the typed getter its field asks for; its text when that getter refuses it."""
+    spec = _FIELDS.get(key)
+    kind = _base(typing.get_type_hints(StackConfig)[spec.name]) if spec else str
+    getter = {str: config.get, int: config.get_int, bool: config.get_bool}.get(kind, config.get_object)
+    try:
+        return getter(key)
+    except pulumi.ConfigTypeError:
+        return config.get(key)  # load reports it as not of the right type, in its own words
 
 
 def load(
-    project: str, stack: str, values: Mapping[str, str], sql_dir: Path, gcp_project: str | None = None
+    project: str,
+    stack: str,
+    values: Mapping[str, Any],
+    sql_dir: Path,
+    gcp_project: str | None = None,
+    secret_keys: frozenset[str] = frozenset(SECRET_KEYS),
 ) -> StackConfig:
-    """Parse and check ``values`` (this project's config, as the engine's strings).
+    """Parse and check ``values`` (this project's config: typed, or as the engine's strings).
 
     Raises ConfigError listing every problem: all field problems and those of
     sourceDatabaseUrl, then, once the fields are valid, those between fields
     and services. ``gcp_project``, when known, counts in instance names' length.
+    No value of a key in ``secret_keys`` is ever shown.
     """
     problems: list[str] = []
-    known = {_camel(f.name): f for f in dataclasses.fields(StackConfig)}
+    known = _FIELDS
     for key in sorted(values.keys() - known.keys() - set(SECRET_KEYS)):
         problems.append(f"{project}:{key}: unknown key; allowed: {', '.join(sorted([*known, *SECRET_KEYS]))}")
+    exposed = sorted(secret_keys & known.keys() - set(MAY_BE_SECRET))
+    problems += [
+        f"{project}:{key}: set with --secret; allowed: a plain value (its values name resources and show in"
+        f" every plan, so it cannot stay secret; only {' and '.join(MAY_BE_SECRET)} may be secret)"
+        for key in exposed
+    ]
     decoded = {key: _decode(known[key], raw) for key, raw in values.items() if key in known}
-    config = _parse(StackConfig, decoded, "", problems)
+    hidden = {key: _hidden for key in secret_keys}
+    config = _parse(StackConfig, decoded, "", problems, hidden)
     problems += _source_url_problems(values.get(SOURCE_URL_KEY))
-    if config is not None:
+    if config is not None and not exposed:
+        config = _with_defaults(stack, config)
         problems += _cross_checks(stack, config, sql_dir)
         problems += _instance_name_problems(stack, gcp_project, config)
+        problems += _iam_problems(gcp_project, config)
     if not re.fullmatch(r"[a-z0-9-]+", stack):
         problems.append(
             f"stack name {stack!r}: allowed: lower-case letters, digits and '-' (it is part of instance names)"
@@ -262,6 +372,14 @@ def load(
         raise ConfigError(f"stack '{stack}': invalid configuration:\n  " + "\n  ".join(problems))
     assert config is not None
     return config
+
+
+def _with_defaults(stack: str, config: StackConfig) -> StackConfig:
+    """Each service's ``auth`` as the stack's default when unset."""
+    services = tuple(
+        dataclasses.replace(service, auth=service.auth or default_auth(stack)) for service in config.services
+    )
+    return dataclasses.replace(config, services=services)
 
 
 def _cross_checks(stack: str, config: StackConfig, sql_dir: Path) -> list[str]:
@@ -301,6 +419,9 @@ def _cross_checks(stack: str, config: StackConfig, sql_dir: Path) -> list[str]:
                     " allowed: a value no other service uses"
                 )
             first.setdefault(value, index)
+    problems += _rename_problems(config)
+    problems += [problem for index, service in enumerate(config.services) for problem in _service_problems(index, service)]
+    problems += _connector_problems(config)
     for index, service in enumerate(config.services):
         script = init_script(sql_dir, service.database)
         if not script.is_file():
@@ -308,6 +429,89 @@ def _cross_checks(stack: str, config: StackConfig, sql_dir: Path) -> list[str]:
                 f"services[{index}].database: {script} does not exist;"
                 f" allowed: a database whose init script {sql_dir.name}/<database>_init.sql exists"
             )
+    return problems
+
+
+def _service_problems(index: int, service: ServiceConfig) -> list[str]:
+    """What one service's fields say to each other: its user and auth, its disk, its deny period."""
+    here = f"services[{index}]"
+    problems = []
+    if service.auth == "password" and service.user is None:
+        problems.append(f"{here}.user: missing; allowed: {USER.allowed}, required with auth: password")
+    if service.auth == "iam" and service.user is not None:
+        problems.append(
+            f"{here}.user: {service.user!r} is not used with auth: iam; allowed: no user (the database user"
+            " is the service account's IAM name)"
+        )
+    if service.auth == "password" and (service.service_account or service.adopt_service_account):
+        problems.append(
+            f"{here}.serviceAccount, adoptServiceAccount: not used with auth: password; allowed: only with auth: iam"
+        )
+    if 0 < service.disk_autoresize_limit_gb < service.disk_size_gb:
+        problems.append(
+            f"{here}.diskAutoresizeLimitGb: {service.disk_autoresize_limit_gb} is below diskSizeGb"
+            f" ({service.disk_size_gb}); allowed: 0 (no limit) or at least diskSizeGb"
+        )
+    period = service.deny_maintenance_period
+    if period is not None:
+        start, end = (datetime.date.fromisoformat(d) for d in (period.start_date, period.end_date))
+        if not start <= end <= start + datetime.timedelta(days=DENY_MAINTENANCE_DAYS):
+            problems.append(
+                f"{here}.denyMaintenancePeriod: {period.start_date} to {period.end_date}; allowed: an end date"
+                f" on or after the start date, at most {DENY_MAINTENANCE_DAYS} days later (Cloud SQL)"
+            )
+    return problems
+
+
+def _rename_problems(config: StackConfig) -> list[str]:
+    """A previous name must not be a name in use: its URNs would be claimed twice."""
+    names = {service.name for service in config.services}
+    return [
+        f"services[{index}].previousName: {service.previous_name!r} is the name of a service;"
+        " allowed: the name this service had before, which no service has now"
+        for index, service in enumerate(config.services)
+        if service.previous_name is not None and service.previous_name in names
+    ]
+
+
+def _connector_problems(config: StackConfig) -> list[str]:
+    """With connectorEnforcement, nothing may connect to an instance but through a connector."""
+    if not config.connector_enforcement:
+        return []
+    problems = []
+    for index, service in enumerate(config.services):
+        if service.auth == "password":
+            problems.append(
+                f"services[{index}].auth: password connects to the private IP directly, which"
+                " connectorEnforcement: true refuses; allowed: iam (through the Cloud SQL Auth Proxy sidecar),"
+                " or connectorEnforcement: false"
+            )
+        if service.migration_endpoint is None:
+            problems.append(
+                f"services[{index}].migrationEndpoint: missing, so the migration of {service.name!r} would connect"
+                " to the private IP directly, which connectorEnforcement: true refuses; allowed: the migration"
+                " through the Cloud SQL Auth Proxy: run `cloud-sql-proxy --private-ip --port 5433"
+                " <connectionName>` next to `pulumi up` and set migrationEndpoint: 127.0.0.1:5433"
+                " (or connectorEnforcement: false until the migration is done)"
+            )
+    return problems
+
+
+def _iam_problems(gcp_project: str | None, config: StackConfig) -> list[str]:
+    """auth: iam needs the project (Workload Identity pool) and a service account id Google accepts."""
+    iam = [(index, service) for index, service in enumerate(config.services) if service.auth == "iam"]
+    problems = [
+        f"services[{index}].name: the Google service account id {service.google_service_account_id!r} would be"
+        f" {len(service.google_service_account_id)} characters; allowed: a name of at most"
+        f" {SERVICE_ACCOUNT_ID_LIMIT - len(SERVICE_ACCOUNT_SUFFIX)} characters with auth: iam"
+        for index, service in iam
+        if len(service.google_service_account_id) > SERVICE_ACCOUNT_ID_LIMIT
+    ]
+    if iam and not gcp_project:
+        problems.append(
+            "gcp:project: missing; allowed: the Google Cloud project of the instances and the cluster,"
+            " required with auth: iam (its Workload Identity pool is <project>.svc.id.goog)"
+        )
     return problems
 
 
@@ -392,9 +596,9 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _decode(spec: dataclasses.Field[Any], raw: str) -> Any:
-    """The engine hands every value as a string; numbers, booleans and structures as JSON."""
-    if _base(typing.get_type_hints(StackConfig)[spec.name]) is str:
+def _decode(spec: dataclasses.Field[Any], raw: Any) -> Any:
+    """A typed value as it is; the engine's string, for numbers, booleans and structures, as JSON."""
+    if not isinstance(raw, str) or _base(typing.get_type_hints(StackConfig)[spec.name]) is str:
         return raw
     try:
         return json.loads(raw)
@@ -428,35 +632,43 @@ def _allowed(hint: Any) -> str:
     return {str: "a string", int: "an integer", bool: "true or false"}[kind]
 
 
-def _parse(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
-    """``value`` as ``hint`` asks, or None after adding what is wrong to ``problems``."""
+def _hidden(_value: Any) -> str:
+    return "(a secret value, not shown)"
+
+
+def _parse(
+    hint: Any, value: Any, path: str, problems: list[str], hidden: Mapping[str, Callable[[Any], str]], show=repr
+) -> Any:
+    """``value`` as ``hint`` asks, or None after adding what is wrong to ``problems`` (values as ``show`` puts them)."""
     kind = _base(hint)
     if dataclasses.is_dataclass(kind):
-        parsed = _parse_dataclass(kind, value, path, problems)
+        parsed = _parse_dataclass(kind, value, path, problems, hidden, show)
     elif typing.get_origin(kind) is tuple:
         if not isinstance(value, list):
-            problems.append(f"{path}: {value!r} is not valid; allowed: a list")
+            problems.append(f"{path}: {show(value)} is not valid; allowed: a list")
             return None
         item = typing.get_args(kind)[0]
         parsed = tuple(
-            _parse(item, element, f"{path}[{index}]", problems) for index, element in enumerate(value)
+            _parse(item, element, f"{path}[{index}]", problems, hidden, show) for index, element in enumerate(value)
         )
     # bool is an int in Python; a YAML `true` must not pass as a number.
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         parsed = value
     else:
-        problems.append(f"{path}: {value!r} is not valid; allowed: {_allowed(kind)}")
+        problems.append(f"{path}: {show(value)} is not valid; allowed: {_allowed(kind)}")
         return None
     check = _rule(hint)
     if parsed is not None and check is not None and not check.test(parsed):
-        problems.append(f"{path}: {parsed!r} is not allowed; allowed: {check.allowed}")
+        problems.append(f"{path}: {show(parsed)} is not allowed; allowed: {check.allowed}")
         return None
     return parsed
 
 
-def _parse_dataclass(kind: Any, value: Any, path: str, problems: list[str]) -> Any:
+def _parse_dataclass(
+    kind: Any, value: Any, path: str, problems: list[str], hidden: Mapping[str, Callable[[Any], str]], show
+) -> Any:
     if not isinstance(value, dict):
-        problems.append(f"{path}: {value!r} is not valid; allowed: {_allowed(kind)}")
+        problems.append(f"{path}: {show(value)} is not valid; allowed: {_allowed(kind)}")
         return None
     before = len(problems)
     hints = typing.get_type_hints(kind, include_extras=True)
@@ -468,9 +680,15 @@ def _parse_dataclass(kind: Any, value: Any, path: str, problems: list[str]) -> A
     for key, spec in fields.items():
         here = f"{prefix}{key}"
         if key in value:
-            parsed[spec.name] = _parse(hints[spec.name], value[key], here, problems)
+            # The top level's secret keys are shown hidden, all the way down.
+            shown = hidden.get(key, show) if not path else show
+            parsed[spec.name] = _parse(hints[spec.name], value[key], here, problems, hidden, shown)
         elif spec.default is dataclasses.MISSING:
             problems.append(f"{here}: missing; allowed: {_allowed(hints[spec.name])}")
     if len(problems) > before:
         return None
     return kind(**parsed)
+
+
+# The stack's keys (camelCase, as in the stack files) and the fields they fill.
+_FIELDS = {_camel(f.name): f for f in dataclasses.fields(StackConfig)}

@@ -8,7 +8,9 @@
 - the target's lock table cannot hold the locks the init and the load take in
   one transaction (``max_locks_per_transaction``);
 - not one copy job fits in the connections the servers have left; fewer jobs
-  than asked for are used when only those fit, with a log line saying why.
+  than asked for are used when only those fit, with a log line saying why;
+- the target database sorts text by another default collation than the
+  source's, and the schema has key columns that use it (``collation``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import datetime
 
 import psycopg
 
+from .collation import refuse_collation_change
 from .connection import Endpoints, describe
 from .errors import MigrationError
 
@@ -149,6 +152,7 @@ def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Conn
         with source.cursor() as cur:
             cur.execute(_RELATIONS, (endpoints.source_schema,))
             relations = cur.fetchone()[0]
+        refuse_collation_change(source, target, endpoints)
     finally:
         source.rollback()
         target.rollback()

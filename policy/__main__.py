@@ -218,7 +218,114 @@ MONITORING_POLICIES = [
     ),
 ]
 
-POLICIES = [*FLAG_POLICIES, *INSTANCE_POLICIES, *MONITORING_POLICIES]
+def _labels(settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    labels = settings.get("userLabels")
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _prod_protected(settings: Mapping[str, Any]) -> str | None:
+    if _labels(settings).get("stack") != "prod":
+        return None
+    unset = [key for key in ("deletionProtectionEnabled", "retainBackupsOnDelete") if settings.get(key) is not True]
+    final = settings.get("finalBackupConfig") or {}
+    if final.get("enabled") is not True:
+        unset.append("finalBackupConfig.enabled")
+    return f"{', '.join(unset)} not true on a prod instance; allowed: true" if unset else None
+
+
+def _pitr_when_regional(settings: Mapping[str, Any]) -> str | None:
+    # Without any backup configuration, cloudsql-automated-backups says so.
+    if settings.get("availabilityType") != "REGIONAL" or "backupConfiguration" not in settings:
+        return None
+    if settings["backupConfiguration"].get("pointInTimeRecoveryEnabled") is True:
+        return None
+    return "availabilityType is REGIONAL without point-in-time recovery; allowed: backupConfiguration.pointInTimeRecoveryEnabled true"
+
+
+def _iam_flag(settings: Mapping[str, Any]) -> str | None:
+    if _labels(settings).get("auth") != "iam" or _flags(settings).get(IAM_FLAG) == "on":
+        return None
+    return f"the service logs in with IAM (label auth=iam) but database flag {IAM_FLAG} is not on; allowed: on"
+
+
+IAM_FLAG = "cloudsql.iam_authentication"
+REQUIRED_LABELS = ("service", "stack", "owner")
+LABELLED_TYPES = {
+    INSTANCE_TYPE: ("settings", "userLabels"),
+    "gcp:monitoring/alertPolicy:AlertPolicy": ("userLabels",),
+}
+SECRET_TYPE = "kubernetes:core/v1:Secret"
+
+
+def _validate_labels(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    path = LABELLED_TYPES.get(args.resource_type)
+    if path is None:
+        return
+    node: Any = args.props
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    missing = [label for label in REQUIRED_LABELS if not (isinstance(node, Mapping) and node.get(label))]
+    if missing:
+        report_violation(f"{args.name}: labels {', '.join(missing)} missing; allowed: {', '.join(REQUIRED_LABELS)} all set")
+
+
+def _validate_iam_secret(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type != SECRET_TYPE:
+        return
+    labels = (args.props.get("metadata") or {}).get("labels") or {}
+    if labels.get("hexabuilders.io/auth") != "iam":
+        return
+    data = {**(args.props.get("data") or {}), **(args.props.get("stringData") or {})}
+    url = str(data.get("DATABASE_URL", ""))
+    login = url.split("://", 1)[-1].split("@", 1)[0] if "@" in url else ""
+    if "DB_PASSWORD" in data or ":" in login:
+        report_violation(
+            f"{args.name}: a Secret of an auth: iam service holds a database password; allowed: no DB_PASSWORD"
+            " and a DATABASE_URL without one (the Auth Proxy logs in with IAM)"
+        )
+
+
+OWN_POLICIES = [
+    _instance_policy(
+        "hexabuilders-prod-protected",
+        "Prod instances are deletion-protected and keep their backups and a final one when deleted.",
+        None,
+        _prod_protected,
+        "Set deletionProtection true (the service's deletionProtection); the program sets the backups' retention.",
+    ),
+    _instance_policy(
+        "hexabuilders-pitr-when-regional",
+        "Highly available instances can also be recovered to a point in time.",
+        None,
+        _pitr_when_regional,
+        "Set the service's backups.pointInTimeRecovery to true.",
+    ),
+    _instance_policy(
+        "hexabuilders-iam-authentication-flag",
+        "Instances of auth: iam services accept IAM logins.",
+        None,
+        _iam_flag,
+        f"Set the database flag {IAM_FLAG} to on (components/service_database.py does for auth: iam).",
+    ),
+    ResourceValidationPolicy(
+        name="hexabuilders-required-labels",
+        description="Labelled Google Cloud resources carry service, stack and owner.",
+        validate=_validate_labels,
+        severity=Severity.LOW,
+        tags=["labels"],
+        remediation_steps="The stack's label transform (components/providers.py) stamps them; register it before any resource.",
+    ),
+    ResourceValidationPolicy(
+        name="hexabuilders-no-password-for-iam-services",
+        description="No Kubernetes Secret of an auth: iam service holds a database password.",
+        validate=_validate_iam_secret,
+        severity=Severity.HIGH,
+        tags=["iam", "secrets"],
+        remediation_steps="Leave DB_PASSWORD out and connect through the Cloud SQL Auth Proxy sidecar.",
+    ),
+]
+
+POLICIES = [*FLAG_POLICIES, *INSTANCE_POLICIES, *MONITORING_POLICIES, *OWN_POLICIES]
 
 
 if __name__ == "__main__":
@@ -226,5 +333,5 @@ if __name__ == "__main__":
         name=PACK_NAME,
         enforcement_level=DEFAULT_ENFORCEMENT,
         policies=POLICIES,
-        description="CIS controls for Cloud SQL for PostgreSQL, and Query Insights, on HexaBuilders' service databases.",
+        description="CIS controls for Cloud SQL for PostgreSQL, Query Insights, and HexaBuilders' own rules on its service databases.",
     )

@@ -56,8 +56,11 @@ class CloudTarget:
             self.server.conninfo(database), user=login.user, password=login.password, passfile="/nonexistent"
         )
 
-    def create_role(self, prefix: str, *, cloud_sql_user: bool, extra: str = "") -> Login:
-        login = Login(f"{prefix}_{uuid.uuid4().hex[:8]}", secrets.token_hex(16))
+    def create_role(self, prefix: str, *, cloud_sql_user: bool, extra: str = "", iam: bool = False) -> Login:
+        """A unique role; ``iam``: named as Cloud SQL names a service account's IAM user (``<id>@<project>.iam``)."""
+        unique = uuid.uuid4().hex[:8]
+        name = f"{prefix.replace('_', '-')}-{unique}@hexabuilders-test.iam" if iam else f"{prefix}_{unique}"
+        login = Login(name, secrets.token_hex(16))
         attributes = " CREATEDB CREATEROLE" if cloud_sql_user else ""
         membership = f" IN ROLE {ADMIN_ROLE}" if cloud_sql_user and self.layout == "cloud_sql" else ""
         with psycopg.connect(self.superuser("postgres"), autocommit=True) as conn:
@@ -69,11 +72,11 @@ class CloudTarget:
         self.roles.append(login.user)
         return login
 
-    def service_user(self, service: Service) -> Login:
+    def service_user(self, service: Service, iam: bool = False) -> Login:
         """The service's user as gcp.sql.User makes it (on Cloud SQL: CREATEDB, CREATEROLE, cloudsqlsuperuser)."""
-        return self.create_role(service.user, cloud_sql_user=self.layout == "cloud_sql")
+        return self.create_role(service.user, cloud_sql_user=self.layout == "cloud_sql", iam=iam)
 
-    def instance(self, service: Service) -> Instance:
+    def instance(self, service: Service, iam: bool = False) -> Instance:
         """The migration role (a Cloud SQL user in both layouts: it needs CREATEROLE), the
         service user, and the database as gcp.sql.Database makes it (owned by cloudsqlsuperuser
         on Cloud SQL)."""
@@ -83,7 +86,7 @@ class CloudTarget:
         owner = ADMIN_ROLE if self.layout == "cloud_sql" else migrator.user
         with psycopg.connect(self.superuser("postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
-        return Instance(name, migrator, self.service_user(service))
+        return Instance(name, migrator, self.service_user(service, iam))
 
     def migrator_url(self, instance: Instance) -> str:
         return self.conninfo(instance.database, instance.migrator)

@@ -63,8 +63,10 @@ def owners(conninfo: str, schema: str) -> dict[str, str]:
     return {f"{kind} {name}": owner for kind, name, owner in rows}
 
 
-def test_the_service_user_ends_least_privileged(cloud: CloudTarget, shared_source: str) -> None:
-    instance = cloud.instance(ONBOARDING)
+@pytest.mark.parametrize("iam", [False, True], ids=["password user", "IAM service-account user"])
+def test_the_service_user_ends_least_privileged(cloud: CloudTarget, shared_source: str, iam: bool) -> None:
+    """The same rules for an IAM user (auth: iam), whose name holds '@', '.' and '-'."""
+    instance = cloud.instance(ONBOARDING, iam=iam)
     database, user, migrator = instance.database, instance.user.user, instance.migrator.user
     target = cloud.migrator_url(instance)
     if cloud.layout == "cloud_sql":  # what Cloud SQL gives every user it creates
@@ -72,6 +74,7 @@ def test_the_service_user_ends_least_privileged(cloud: CloudTarget, shared_sourc
             findings(cloud, database, "postgres", user)
         )
 
+    assert ("@" in user and "." in user) is iam
     engine.migrate(endpoints_for(ONBOARDING, shared_source, target), init_sql=ONBOARDING.init_sql, service_user=user)
 
     # The engine itself leaves the service least-privileged; `secure` then only retires the migrator.
@@ -93,7 +96,7 @@ def test_the_service_user_ends_least_privileged(cloud: CloudTarget, shared_sourc
         assert public_rights == (0, 0)
         elsewhere = conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relowner = %s::regrole AND n.nspname NOT IN ('onboarding', 'pg_toast')",
+            " WHERE c.relowner = (SELECT oid FROM pg_roles WHERE rolname = %s) AND n.nspname NOT IN ('onboarding', 'pg_toast')",
             (user,),
         ).fetchone()[0]
         assert elsewhere == 0

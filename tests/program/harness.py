@@ -11,12 +11,13 @@ JSON object, ``PULUMI_CONFIG``: ``project:key`` names, every value a string
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ PASSWORD = "random:index/randomPassword:RandomPassword"
 INSTANCE_ID = "random:index/randomId:RandomId"
 SECRET = "kubernetes:core/v1:Secret"
 PATCH = "kubernetes:apps/v1:DeploymentPatch"
+KSA = "kubernetes:core/v1:ServiceAccount"
+KSA_PATCH = "kubernetes:core/v1:ServiceAccountPatch"
+GSA = "gcp:serviceaccount/account:Account"
+GSA_MEMBER = "gcp:serviceaccount/iAMMember:IAMMember"
+PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
+GCP_PROVIDER = "pulumi:providers:gcp"
 K8S_PROVIDER = "pulumi:providers:kubernetes"
 STACK_REFERENCE = "pulumi:pulumi:StackReference"
 STACK = "pulumi:pulumi:Stack"
@@ -63,14 +70,14 @@ def _engine_string(value: Any) -> str:
     return str(value)
 
 
-def engine_config(values: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """(PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS) for stack-file ``values``."""
+def engine_config(values: Mapping[str, Any], secret: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """(PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS) for stack-file ``values``; ``secret``: more keys set with --secret."""
     declared = yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())["config"]
     merged = {f"{PROJECT}:{key}": spec["default"] for key, spec in declared.items() if "default" in spec}
     merged.update(values)
-    secret = f"{PROJECT}:sourceDatabaseUrl"
+    secret_keys, secret = list(secret), f"{PROJECT}:sourceDatabaseUrl"
     merged.setdefault(secret, SOURCE_DATABASE_URL)
-    return {key: _engine_string(value) for key, value in merged.items()}, [secret]
+    return {key: _engine_string(value) for key, value in merged.items()}, [secret, *secret_keys]
 
 
 def project_values(values: Mapping[str, Any]) -> dict[str, str]:
@@ -90,9 +97,9 @@ def project_copy(destination: Path) -> Path:
 
 
 def start_program(
-    stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT
+    stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT, secret: Sequence[str] = ()
 ) -> subprocess.Popen:
-    config, secret_keys = engine_config(values)
+    config, secret_keys = engine_config(values, secret)
     env = {
         **os.environ,
         "PULUMI_CONFIG": json.dumps(config),
@@ -113,8 +120,10 @@ def finish_program(process: subprocess.Popen, out: Path) -> Graph:
     return Graph(json.loads(out.read_text()))
 
 
-def run_program(stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT) -> Graph:
-    return finish_program(start_program(stack, values, out, project_dir), out)
+def run_program(
+    stack: str, values: Mapping[str, Any], out: Path, project_dir: Path = PROJECT_ROOT, secret: Sequence[str] = ()
+) -> Graph:
+    return finish_program(start_program(stack, values, out, project_dir, secret), out)
 
 
 # Secrets as the SDK serializes them: {<sig key>: <secret sig>, "value": ...}.
@@ -159,6 +168,9 @@ class Resource:
     retainOnDelete: bool
     dependencies: list[str]
     inputs: dict[str, Any]
+    aliases: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    deletedWith: str = ""
+    customTimeouts: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def plain(self) -> dict[str, Any]:

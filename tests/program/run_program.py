@@ -9,7 +9,9 @@ run is its own process, so no runtime state leaks between stacks.
 
 The mock monitor records every RegisterResource and ReadResource request (a
 StackReference is a read): type, name, parent, provider, protect, dependencies,
-serialized inputs with their secret markers; and every RegisterResourceOutputs. Like the engine, it marks an output secret
+aliases, deletedWith, custom timeouts, serialized inputs with their secret
+markers; and every RegisterResourceOutputs. It runs the stack's transforms on
+each registration's inputs first, as the engine does (MockMonitor only records them). Like the engine, it marks an output secret
 when its input was secret or the resource lists it in additional_secret_outputs.
 """
 
@@ -32,17 +34,23 @@ from pulumi.runtime.mocks import MockMonitor
 
 SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
 
-# Minimal stand-ins for what each provider computes on create.
+# Minimal stand-ins for what each provider computes on create, from the name the resource's state is
+# kept under (its alias's, after a rename: the engine moves the state, the provider computes nothing again).
 COMPUTED = {
-    "random:index/randomId:RandomId": lambda a: {"hex": a.inputs["prefix"] + _digest(a.name, 8)},
-    "random:index/randomPassword:RandomPassword": lambda a: {
-        "result": _digest(a.name, int(a.inputs["length"]))
+    "random:index/randomId:RandomId": lambda a, name: {"hex": a.inputs["prefix"] + _digest(name, 8)},
+    "random:index/randomPassword:RandomPassword": lambda a, name: {
+        "result": _digest(name, int(a.inputs["length"]))
     },
-    "gcp:sql/databaseInstance:DatabaseInstance": lambda a: {
-        "privateIpAddress": "10.20.0." + str(int(_digest(a.name, 2), 16) % 250 + 2),
+    "gcp:sql/databaseInstance:DatabaseInstance": lambda a, name: {
+        "privateIpAddress": "10.20.0." + str(int(_digest(name, 2), 16) % 250 + 2),
         "connectionName": f"mock-project:us-central1:{a.inputs['name']}",
+        "serverCaCerts": [{"cert": f"-----BEGIN CERTIFICATE-----\n{_digest(name, 64)}\n-----END CERTIFICATE-----\n"}],
     },
-    "pulumi:pulumi:StackReference": lambda a: {
+    "gcp:serviceaccount/account:Account": lambda a, _: {
+        "email": f"{a.inputs['accountId']}@{a.inputs['project']}.iam.gserviceaccount.com",
+        "name": f"projects/{a.inputs['project']}/serviceAccounts/{a.inputs['accountId']}@{a.inputs['project']}.iam.gserviceaccount.com",
+    },
+    "pulumi:pulumi:StackReference": lambda a, _: {
         "outputs": {"kubeconfig": f"apiVersion: v1\nkind: Config\n# cluster of {a.inputs['name']}\n"},
         "secretOutputNames": ["kubeconfig"],
     },
@@ -54,8 +62,11 @@ def _digest(name: str, length: int) -> str:
 
 
 class ProgramMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.kept_as: dict[str, str] = {}  # resource name -> the alias name its state is kept under
+
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict]:
-        computed = COMPUTED.get(args.typ, lambda _: {})(args)
+        computed = COMPUTED.get(args.typ, lambda *_: {})(args, self.kept_as.get(args.name, args.name))
         return f"{args.name}-id", {**args.inputs, **computed}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
@@ -69,9 +80,16 @@ class RecordingMonitor(MockMonitor):
         self.outputs: dict[str, Any] = {}
 
     def RegisterResource(self, request):
+        self._transform(request)
+        renamed = [alias.spec.name for alias in request.aliases if alias.spec.name]
+        if renamed:
+            self.mocks.kept_as[request.name] = renamed[0]
         response = super().RegisterResource(request)
         self._record(
-            response.urn, request, request.object, request.custom, request.protect, request.retainOnDelete
+            response.urn, request, request.object, request.custom, request.protect, request.retainOnDelete,
+            aliases=[json_format.MessageToDict(alias) for alias in request.aliases],
+            deletedWith=request.deletedWith,
+            customTimeouts=json_format.MessageToDict(request.customTimeouts),
         )
         self._mark_secret_outputs(request, request.object, response.object)
         return response
@@ -82,8 +100,16 @@ class RecordingMonitor(MockMonitor):
         self._mark_secret_outputs(request, request.properties, response.properties)
         return response
 
+    def _transform(self, request) -> None:
+        for transform in self._stack_transforms:
+            props = json_format.MessageToDict(request.object)
+            args = pulumi.ResourceTransformArgs(request.custom, request.type, request.name, props, pulumi.ResourceOptions())
+            result = transform(args)
+            if result is not None:
+                request.object.CopyFrom(json_format.ParseDict(result.props, struct_pb2.Struct()))
+
     def _record(
-        self, urn: str, request, inputs: struct_pb2.Struct, custom: bool, protect: bool, retain: bool
+        self, urn: str, request, inputs: struct_pb2.Struct, custom: bool, protect: bool, retain: bool, **extra: Any
     ) -> None:
         self.registered.append(
             {
@@ -97,6 +123,7 @@ class RecordingMonitor(MockMonitor):
                 "retainOnDelete": retain,
                 "dependencies": list(request.dependencies),
                 "inputs": json_format.MessageToDict(inputs),
+                **extra,
             }
         )
 

@@ -76,7 +76,7 @@ def set_key(key: str, value: Any) -> Callable[[dict], None]:
 ERRORS = {
     "unknown service field": (
         edit_service(1, tierr="db-f1-micro"),
-        "services[1].tierr: unknown field; allowed: name, instance, sourceSchema, database, user, tier,",
+        "services[1].tierr: unknown field; allowed: name, instance, sourceSchema, database, tier,",
     ),
     "invalid tier": (
         edit_service(2, tier="db-n1-standard-2"),
@@ -112,7 +112,7 @@ ERRORS = {
         "services[1].sourceSchema: 'Onboarding-Schema' is not allowed; allowed: a PostgreSQL identifier",
     ),
     "reserved user": (
-        edit_service(0, user="migrator"),
+        edit_service(0, auth="password", user="migrator"),
         "services[0].user: 'migrator' is not allowed; allowed: a PostgreSQL identifier other than migrator",
     ),
     "invalid Kubernetes name": (
@@ -120,8 +120,8 @@ ERRORS = {
         "services[2].deployment: 'Recruitment_API' is not allowed; allowed: a DNS-1123 subdomain",
     ),
     "missing field": (
-        drop_service_field(0, "user"),
-        "services[0].user: missing; allowed: a PostgreSQL identifier",
+        drop_service_field(0, "tier"),
+        "services[0].tier: missing; allowed: db-f1-micro, db-g1-small",
     ),
     "wrong type": (
         edit_service(1, diskSizeGb="20"),
@@ -145,7 +145,7 @@ ERRORS = {
     ),
     "unknown top-level key": (
         set_key("servics", []),
-        f"{PROJECT}:servics: unknown key; allowed: clusterStack, databaseVersion, kubernetes,",
+        f"{PROJECT}:servics: unknown key; allowed: clusterStack, connectorEnforcement, databaseVersion, kubernetes,",
     ),
     "public IP outside dev": (
         set_key("publicIp", True),
@@ -162,6 +162,73 @@ ERRORS = {
     "unknown mode": (
         edit_service(1, mode="live"),
         "services[1].mode: 'live' is not allowed; allowed: offline or online",
+    ),
+    "unknown auth": (
+        edit_service(2, auth="certificate"),
+        "services[2].auth: 'certificate' is not allowed; allowed: password or iam",
+    ),
+    "password without a user": (
+        edit_service(1, auth="password"),
+        "services[1].user: missing; allowed: a PostgreSQL identifier other than migrator, postgres, pg_* and"
+        " cloudsql*, required with auth: password",
+    ),
+    "a user with iam": (
+        edit_service(1, user="onboarding_user"),
+        "services[1].user: 'onboarding_user' is not used with auth: iam; allowed: no user",
+    ),
+    "a Kubernetes ServiceAccount with password": (
+        edit_service(1, auth="password", user="onboarding_user", serviceAccount="onboarding"),
+        "services[1].serviceAccount, adoptServiceAccount: not used with auth: password; allowed: only with auth: iam",
+    ),
+    "service account id too long for Google": (
+        edit_service(1, name="onboarding-and-offboarding-x"),
+        "services[1].name: the Google service account id 'onboarding-and-offboarding-x-db' would be 31 characters;"
+        " allowed: a name of at most 27 characters with auth: iam",
+    ),
+    "bad deny maintenance date": (
+        edit_service(0, denyMaintenancePeriod={"startDate": "2026-02-30", "endDate": "2026-03-10"}),
+        "services[0].denyMaintenancePeriod.startDate: '2026-02-30' is not allowed; allowed: a date YYYY-MM-DD",
+    ),
+    "deny maintenance longer than Cloud SQL allows": (
+        edit_service(0, denyMaintenancePeriod={"startDate": "2026-01-01", "endDate": "2026-04-15"}),
+        "services[0].denyMaintenancePeriod: 2026-01-01 to 2026-04-15; allowed: an end date on or after the start"
+        " date, at most 90 days later (Cloud SQL)",
+    ),
+    "deny maintenance ending before it starts": (
+        edit_service(0, denyMaintenancePeriod={"startDate": "2026-03-10", "endDate": "2026-03-01"}),
+        "services[0].denyMaintenancePeriod: 2026-03-10 to 2026-03-01; allowed: an end date on or after",
+    ),
+    "autoresize limit below the disk": (
+        edit_service(0, diskAutoresizeLimitGb=10),
+        "services[0].diskAutoresizeLimitGb: 10 is below diskSizeGb (50); allowed: 0 (no limit) or at least diskSizeGb",
+    ),
+    "backup location": (
+        edit_service(0, backups={**stack_file("prod")[SERVICES][0]["backups"], "location": "US"}),
+        "services[0].backups.location: 'US' is not allowed; allowed: a region or multi-region",
+    ),
+    "final backup retention": (
+        edit_service(0, backups={**stack_file("prod")[SERVICES][0]["backups"], "finalBackupRetentionDays": 0}),
+        "services[0].backups.finalBackupRetentionDays: 0 is not allowed; allowed: 1..365 days",
+    ),
+    "previous name in use": (
+        edit_service(1, previousName="recruitment"),
+        "services[1].previousName: 'recruitment' is the name of a service; allowed: the name this service had before",
+    ),
+    "connector enforcement with a direct migration": (
+        set_key("connectorEnforcement", True),
+        "services[0].migrationEndpoint: missing, so the migration of 'partner-management' would connect to the"
+        " private IP directly, which connectorEnforcement: true refuses; allowed: the migration through the Cloud"
+        " SQL Auth Proxy: run `cloud-sql-proxy --private-ip --port 5433 <connectionName>` next to `pulumi up`"
+        " and set migrationEndpoint: 127.0.0.1:5433",
+    ),
+    "connector enforcement with a password service": (
+        lambda values: (set_key("connectorEnforcement", True)(values), edit_service(2, auth="password", user="recruitment_user")(values)),
+        "services[2].auth: password connects to the private IP directly, which connectorEnforcement: true refuses;"
+        " allowed: iam (through the Cloud SQL Auth Proxy sidecar)",
+    ),
+    "bad owner label": (
+        set_key("owner", "Platform Team"),
+        "owner: 'Platform Team' is not allowed; allowed: a label value",
     ),
     "rollback without the shared secret": (
         edit_service(1, cutover=False),
@@ -402,6 +469,8 @@ def test_the_longest_stack_name_that_fits_is_counted_to_the_character() -> None:
 def test_without_a_known_project_the_instance_name_alone_is_counted() -> None:
     values = stack_file("prod")
     del values["gcp:project"]
+    for service in services_of(values):  # auth: iam needs the project (below)
+        service.update(auth="password", user=f"{service['database']}_user")
     load("p" * 48, values)
     with pytest.raises(ConfigError) as refused:
         load("p" * 66, values)

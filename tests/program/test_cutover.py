@@ -24,10 +24,16 @@ def test_before_cutover_the_service_keeps_the_shared_instance(tmp_path: Path) ->
     assert graph.error is None
     migration = _of(graph, MIGRATION, "onboarding").plain
     assert (migration["mode"], migration["cutover"]) == ("online", False)
-    (container,) = _of(graph, PATCH, "onboarding").plain["spec"]["template"]["spec"]["containers"]
+    pod = _of(graph, PATCH, "onboarding").plain["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     assert {entry["valueFrom"]["secretKeyRef"]["name"] for entry in container["env"]} == {"onboarding-shared-db"}
-    assert [entry["name"] for entry in container["env"]] == list(CONNECTION_KEYS)
-    # The others are cut over (the default) to their new databases.
-    (other,) = _of(graph, PATCH, "recruitment").plain["spec"]["template"]["spec"]["containers"]
+    # The shared instance takes a password, whatever the service's mode on its new instance.
+    assert [entry["name"] for entry in container["env"]] == list(CONNECTION_KEYS["password"])
+    # Nor the sidecar nor the service account of iam mode while it is there: the patch does not name them.
+    assert "initContainers" not in pod and "serviceAccountName" not in pod
+    # The others are cut over (the default) to their new databases, through their sidecars.
+    other_pod = _of(graph, PATCH, "recruitment").plain["spec"]["template"]["spec"]
+    assert [c["name"] for c in other_pod["initContainers"]] == ["cloud-sql-proxy"]
+    (other,) = other_pod["containers"]
     assert {entry["valueFrom"]["secretKeyRef"]["name"] for entry in other["env"]} == {services_of(values)[2]["secretName"]}
     assert _of(graph, MIGRATION, "recruitment").plain["cutover"] is True

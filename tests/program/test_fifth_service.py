@@ -21,7 +21,6 @@ BILLING = {
     "instance": "billing-db-instance",
     "sourceSchema": "billing",
     "database": "billing",
-    "user": "billing_user",
     "tier": "db-custom-2-7680",
     "diskSizeGb": 20,
     "availability": "REGIONAL",

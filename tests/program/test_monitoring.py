@@ -66,7 +66,9 @@ def test_every_instance_has_one_alert_policy_with_the_stack_thresholds(stack: st
         assert alerts.parent == components[service["name"]].urn
         assert instance.urn in alerts.dependencies
         policy = alerts.plain
-        assert policy["combiner"] == "OR" and policy["userLabels"] == {"service": service["name"]}
+        assert policy["combiner"] == "OR" and policy["userLabels"] == {
+            "service": service["name"], "stack": stack, "owner": "platform"  # the last two from the stack's transform
+        }
         assert policy["notificationChannels"] == limits["monitoringNotificationChannels"] == []
         conditions = conditions_by_metric(policy)
         assert sorted(conditions) == sorted(METRICS)

@@ -30,7 +30,7 @@ from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 from pulumi_policy import EnforcementLevel, ResourceValidationArgs
 
-from tests.program.harness import INSTANCE, PROJECT_ROOT, STACKS, Graph, Resource
+from tests.program.harness import INSTANCE, PROJECT_ROOT, SECRET, STACKS, Graph, Resource
 
 POLICY_DIR = PROJECT_ROOT / "policy"
 
@@ -229,6 +229,14 @@ BREAKS = {
     "backups off": ("cloudsql-automated-backups", set_setting("backupConfiguration.enabled", False)),
     "no backup configuration": ("cloudsql-automated-backups", set_setting("backupConfiguration", None)),
     "Query Insights off": ("cloudsql-query-insights", set_setting("insightsConfig.queryInsightsEnabled", False)),
+    "prod without deletion protection": ("hexabuilders-prod-protected", set_setting("deletionProtectionEnabled", False)),
+    "prod without retained backups": ("hexabuilders-prod-protected", set_setting("retainBackupsOnDelete", None)),
+    "prod without a final backup": ("hexabuilders-prod-protected", set_setting("finalBackupConfig.enabled", False)),
+    "REGIONAL without PITR": (
+        "hexabuilders-pitr-when-regional", set_setting("backupConfiguration.pointInTimeRecoveryEnabled", False)
+    ),
+    "iam service without the IAM flag": ("hexabuilders-iam-authentication-flag", set_flag("cloudsql.iam_authentication", None)),
+    "no owner label": ("hexabuilders-required-labels", set_setting("userLabels.owner", None)),
 }
 
 
@@ -263,6 +271,30 @@ def test_each_control_fails_on_an_instance_that_breaks_it(
     assert message.startswith(f"{instance.name}: ") and "\n" not in message
 
 
+def test_an_iam_service_secret_with_a_password_is_refused(stack_graphs: dict[str, Graph]) -> None:
+    (secret, *_) = stack_graphs["prod"].of_type(SECRET)
+    assert violations(secret, secret.plain) == {}
+    for change in (
+        lambda data: data.__setitem__("DB_PASSWORD", "x"),
+        lambda data: data.__setitem__("DATABASE_URL", data["DATABASE_URL"].replace("@127.0.0.1", ":pw@127.0.0.1")),
+    ):
+        props = secret.plain
+        change(props["stringData"])
+        assert list(violations(secret, props)) == ["hexabuilders-no-password-for-iam-services"]
+    # A password-mode Secret (dev) is not judged by it.
+    (dev_secret, *_) = stack_graphs["dev"].of_type(SECRET)
+    assert "DB_PASSWORD" in dev_secret.plain["stringData"] and violations(dev_secret, dev_secret.plain) == {}
+
+
+def test_an_alert_policy_without_labels_is_refused(stack_graphs: dict[str, Graph]) -> None:
+    (alerts, *_) = stack_graphs["prod"].of_type("gcp:monitoring/alertPolicy:AlertPolicy")
+    props = alerts.plain
+    props["userLabels"].pop("stack")
+    assert violations(alerts, props) == {
+        "hexabuilders-required-labels": [f"{alerts.name}: labels stack missing; allowed: service, stack, owner all set"]
+    }
+
+
 def test_only_postgresql_instances_are_judged(stack_graphs: dict[str, Graph]) -> None:
     instance = prod_instance(stack_graphs)
     mysql = instance.plain
@@ -272,6 +304,8 @@ def test_only_postgresql_instances_are_judged(stack_graphs: dict[str, Graph]) ->
     for other in stack_graphs["prod"].resources:
         if other.type != INSTANCE:
             assert violations(other, other.plain) == {}
+    # The project's own rules (labels) still apply to a MySQL instance: labelled like every other.
+    assert "hexabuilders-required-labels" not in violations(instance, mysql)
 
 
 # ---------------------------------------------------------------- where the pack runs

@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = command("plan", _plan, "Compare schemas and list cross-service references and what a copy would do. Writes nothing.")
     plan.add_argument("--init", type=Path, metavar="FILE", help="compare with the target as this init SQL would leave it")
+    plan.add_argument("--mode", choices=(OFFLINE, ONLINE), default=OFFLINE, help="online: also refuse what logical replication cannot carry")
     dropped(plan)
 
     copy = command("copy", _copy, "Plan, init (optional), freeze the source, copy every table, verify.")
@@ -249,8 +250,11 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"drift: {difference}")
     for statement in outside:
         print(f"outside the schema: {statement}")
+    for refusal in result.unreplicable:
+        print(f"online: {'REFUSED' if args.mode == ONLINE else 'would refuse'}: {refusal}")
     unoffered = any(e.name not in CLOUD_SQL_EXTENSIONS for e in result.extensions)
-    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered else EXIT_OK
+    unreplicable = args.mode == ONLINE and result.unreplicable
+    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered or unreplicable else EXIT_OK
 
 
 def _copy(args: argparse.Namespace) -> int:

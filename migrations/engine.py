@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, materialized_views, orphans
-from . import preflight, privileges, references, state
+from . import preflight, privileges, references, replicable, state
 from .catalog import Catalog, Table, compare, read_catalog
 from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
@@ -43,6 +43,7 @@ class Plan:
     differences: list[str]
     references: References
     extensions: list[Extension]  # what the service's objects use; created on the target before the init
+    unreplicable: list[str]  # why online mode (logical replication) would refuse the schema
 
 
 @dataclass
@@ -91,6 +92,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
         refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
         needed = extensions.needed(source, endpoints.source_schema)
         access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
+        unreplicable = replicable.refusals(source, endpoints)
         with target.cursor() as cur:
             differences = extensions.create(cur, needed, endpoints.source_schema, endpoints.target_schema)
             references.create_shared_types(source, cur, refs)
@@ -99,7 +101,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
             target_catalog = read_catalog(target, endpoints.target_schema)
         target.rollback()  # planning writes nothing
     differences += compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
-    return Plan(source_catalog, target_catalog, differences, refs, needed)
+    return Plan(source_catalog, target_catalog, differences, refs, needed, unreplicable)
 
 
 def migrate(

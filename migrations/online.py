@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, engine, large_objects, materialized_views, preflight, references, replication_health, state
+from . import access, engine, large_objects, materialized_views, preflight, references, replicable, replication_health, state
 from .connection import Endpoints
 from .errors import FreezeNotAcquired, MigrationError
 from .freeze import FREEZE_WAIT_SECONDS, freeze, unfreeze
@@ -76,7 +76,7 @@ def sync(
             preflight.check(endpoints, source, target, jobs=1)  # the same database twice, the lock table
             catalog = engine.read_source(source, endpoints)
             refs, needed = engine.refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
-            _require_replica_identity(source, endpoints)
+            replicable.refuse(source, endpoints)
             run = engine.prepare_target(
                 target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE, needed=needed
             )
@@ -266,25 +266,6 @@ def stop_replication(endpoints: Endpoints) -> None:
 def _lock(conn: psycopg.Connection, endpoints: Endpoints) -> None:
     if not state.lock(conn, endpoints.target_schema):
         raise MigrationError(f"another migration into {endpoints.target_identity} is running")
-
-
-def _require_replica_identity(source: psycopg.Connection, endpoints: Endpoints) -> None:
-    """Without a replica identity the source refuses the service's UPDATEs and DELETEs once published."""
-    missing = [
-        name
-        for (name,) in source.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relkind = 'r' AND (c.relreplident = 'n' OR (c.relreplident = 'd'"
-            "   AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY 1",
-            (endpoints.source_schema,),
-        )
-    ]
-    if missing:
-        raise MigrationError(
-            f"tables of {endpoints.source_identity} without a primary key cannot be replicated: {', '.join(missing)};"
-            " give them one, or ALTER TABLE ... REPLICA IDENTITY FULL on the source (every UPDATE and DELETE"
-            " then logs the whole old row), or migrate offline"
-        )
 
 
 def _publish(source: psycopg.Connection, endpoints: Endpoints, tables: list[str]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, materialized_views, orphans
+from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, lifecycle, materialized_views, orphans
 from . import preflight, privileges, references, replicable, state
 from .catalog import Catalog, Table, compare, read_catalog
 from .connection import Endpoints, connect, one_line
@@ -409,9 +409,7 @@ def prepare_target(
                 f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
             )
         if run and run.rolled_back:
-            raise MigrationError(
-                f"{endpoints.target_identity} took the service's writes until a rollback; migrate into a fresh database"
-            )
+            raise MigrationError(f"refused, nothing was written: {lifecycle.rolled_back(endpoints)}")
         if run and run.mode != mode:
             raise MigrationError(f"target {endpoints.target_identity} is being migrated {run.mode}, not {mode}")
         differences = extensions.create(cur, needed or [], endpoints.source_schema, endpoints.target_schema)

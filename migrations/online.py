@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, engine, large_objects, materialized_views, preflight, references, replicable, replication_health, state
+from . import access, engine, large_objects, lifecycle, materialized_views, preflight, references, replicable, replication_health, state
 from .connection import Endpoints
 from .errors import FreezeNotAcquired, MigrationError
 from .freeze import FREEZE_WAIT_SECONDS, freeze, unfreeze
@@ -44,6 +44,7 @@ class SyncStatus:
     tables: dict[str, str] = field(default_factory=dict)  # table -> state
     lag_bytes: int | None = None  # WAL the subscriber has yet to confirm
     cut_over: bool = False
+    rolled_back: bool = False  # after a cutover: the target took writes, it is not migrated into again
     health: replication_health.Health | None = None
     problem: str | None = None  # what stops the replication, where, and what to run
 
@@ -99,9 +100,10 @@ def status(endpoints: Endpoints) -> SyncStatus:
         if target.execute("SELECT to_regclass('schema_migration.run')").fetchone()[0] is None:
             return result  # never synced
         run = target.execute(
-            "SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s", (endpoints.target_schema,)
+            "SELECT cutover_at IS NOT NULL, rolled_back_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s",
+            (endpoints.target_schema,),
         ).fetchone()
-        result.cut_over = bool(run and run[0])
+        result.cut_over, result.rolled_back = run or (False, False)
         for table, code in target.execute(
             "SELECT c.relname, r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
             " JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -144,7 +146,7 @@ def wait_until_streaming(endpoints: Endpoints, timeout: float) -> SyncStatus:
         if current.problem:
             raise ReplicationBroken(current.problem)
         if not current.tables:
-            raise MigrationError(f"{endpoints.target_identity} has no subscription: run sync first")
+            raise MigrationError(f"{endpoints.target_identity} has no subscription: {lifecycle.describe(endpoints, current)}")
         if time.monotonic() > deadline:
             behind = ", ".join(f"{t} {s}" for t, s in current.tables.items() if s != "streaming")
             raise MigrationError(f"initial copy not finished after {timeout:.0f} s: {behind}")
@@ -179,7 +181,7 @@ def cutover(
         _lock(lock_holder, endpoints)
         current = status(endpoints)
         if current.cut_over:
-            raise MigrationError(f"{endpoints.target_identity} is already cut over")
+            raise MigrationError(f"{endpoints.target_identity} is already cut over: {lifecycle.cut_over(endpoints)}")
         if current.tables:
             with endpoints.connect_source() as source, endpoints.connect_target() as target:
                 replication_health.refuse_schema_changes(endpoints, replication_health.schema_changes(source, target, endpoints))
@@ -239,11 +241,11 @@ def rollback(endpoints: Endpoints) -> str:
             was_cut_over = state.record_rollback(cur, endpoints.target_schema)
     if was_cut_over:
         message = (
-            f"rolled back: the service writes to {endpoints.source_identity} again; writes made to"
-            f" {endpoints.target_identity} since cutover are NOT carried back"
+            f"rolled back; writes made to {endpoints.target_identity} since cutover are NOT carried back;"
+            f" {lifecycle.rolled_back(endpoints)}"
         )
     else:
-        message = f"rolled back: the freeze on {endpoints.source_identity} is lifted and replication stopped"
+        message = f"rolled back: the freeze is lifted and replication stopped; {lifecycle.not_synced(endpoints)}"
     log.warning(message)
     return message
 

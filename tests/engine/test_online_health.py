@@ -20,6 +20,13 @@ ONBOARDING = next(s for s in SERVICES if s.schema == "onboarding")
 CONFLICT = "INSERT INTO onboarding.process_events (id, process_id, event_type) SELECT -1, id, 'conflict' FROM onboarding.onboarding_processes ORDER BY id LIMIT 1"
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "migrations", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+
+
 def _subscriptions(target: str) -> list[tuple[str, bool]]:
     with psycopg.connect(target) as conn:
         return conn.execute("SELECT subname, subenabled FROM pg_subscription").fetchall()
@@ -51,12 +58,12 @@ def test_an_apply_error_stops_sync_wait_with_the_message_and_status_shows_it(sha
     assert current.problem == message and current.tables and current.health and not current.health.enabled
 
     # The command line: sync --wait ends on it, exit status 2, the message on stderr.
-    cli = subprocess.run(
-        [sys.executable, "-m", "migrations", "sync", "--source", shared_source, "--source-schema", "onboarding",
-         "--target", target, "--wait"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(ROOT)},
-    )
+    cli = _cli("sync", "--source", shared_source, "--source-schema", "onboarding", "--target", target, "--wait")
     assert cli.returncode == 2 and "apply error in a transaction writing onboarding.process_events" in cli.stderr, cli.stderr
+    shown = _cli("status", "--source", shared_source, "--source-schema", "onboarding", "--target", target)
+    # sync resumed the subscription (as after a fix), and it stopped again on the same row.
+    assert shown.returncode == 2 and "subscription STOPPED, apply worker not running, 2 apply errors" in shown.stdout
+    assert f"the service writes to {endpoints.source_identity}; the subscription on" in shown.stdout
 
     # Fixed on the target, sync resumes the subscription where it stopped, and cutover carries the row.
     with psycopg.connect(target) as conn:
@@ -118,9 +125,5 @@ def test_replica_identity_full_with_a_json_column_is_refused_by_plan_and_sync(sh
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM pg_subscription").fetchone() == (0,)
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "migrations", "plan", "--source", shared_source, "--source-schema", "onboarding",
-         "--target", target, "--mode", "online"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(ROOT)},
-    )
+    cli = _cli("plan", "--source", shared_source, "--source-schema", "onboarding", "--target", target, "--mode", "online")
     assert cli.returncode == 1 and "online: REFUSED: table webhook_log" in cli.stdout

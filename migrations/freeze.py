@@ -249,9 +249,9 @@ def refuse_missing_schema(conn: psycopg.Connection, schema: str, consequence: st
 
 
 def unfrozen_tables(conn: psycopg.Connection, schema: str) -> list[str]:
-    """The tables of ``schema`` that still take writes."""
+    """The tables of ``schema`` that still take writes, by name."""
     with conn.cursor() as cur:
-        return [table for table, frozen in _tables(cur, schema) if not frozen]
+        return sorted(table for table, frozen in _tables(cur, schema) if not frozen)
 
 
 def _tables(cur: psycopg.Cursor, schema: str) -> list[tuple[str, bool]]:

@@ -152,7 +152,8 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
         elif was_cut_over:
             outs["warning"] = online.rollback(endpoints)
         elif props.get("mode") == "online":
-            outs["replication"] = online.sync(endpoints, **options).tables
+            current = online.sync(endpoints, **options)
+            outs["replication"], outs["warning"] = current.tables, current.problem
         else:
             plan = engine.plan(endpoints, options["init_sql"], options["dropped_on_purpose"])
             plan.references.refuse(endpoints.source_identity)
@@ -219,7 +220,7 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
     cut_over: pulumi.Output[bool]
     """Whether the service now uses the new database (the DeploymentPatch follows it)."""
     warning: pulumi.Output[str | None]
-    """Set by a rollback: what it did, and what it did not carry back."""
+    """Set by a rollback: what it did, and what it did not carry back; online before cutover: why the replication stopped."""
     freeze_window_seconds: pulumi.Output[float | None]
     """Online cutover: how long the service's writes were refused."""
     replication: pulumi.Output[dict | None]

@@ -22,7 +22,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from . import engine, online
+from . import engine, lifecycle, online
 from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .extensions import CLOUD_SQL_EXTENSIONS
@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = command("plan", _plan, "Compare schemas and list cross-service references and what a copy would do. Writes nothing.")
     plan.add_argument("--init", type=Path, metavar="FILE", help="compare with the target as this init SQL would leave it")
+    plan.add_argument("--mode", choices=(OFFLINE, ONLINE), default=OFFLINE, help="online: also refuse what logical replication cannot carry")
     dropped(plan)
 
     copy = command("copy", _copy, "Plan, init (optional), freeze the source, copy every table, verify.")
@@ -154,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     cutover.add_argument("--timeout", type=_positive, default=600, metavar="SECONDS", help="longest wait for the initial copy and the catch-up")
     cutover.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
 
+    command("status", _status, "Online mode: each table's replication state, errors and lag, where the service is and what to run next. Writes nothing.")
     command("rollback", _rollback, "Send the service back to the shared instance: lift the freeze, stop any replication.")
 
     rehearse = commands.add_parser(
@@ -249,8 +251,11 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"drift: {difference}")
     for statement in outside:
         print(f"outside the schema: {statement}")
+    for refusal in result.unreplicable:
+        print(f"online: {'REFUSED' if args.mode == ONLINE else 'would refuse'}: {refusal}")
     unoffered = any(e.name not in CLOUD_SQL_EXTENSIONS for e in result.extensions)
-    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered else EXIT_OK
+    unreplicable = args.mode == ONLINE and result.unreplicable
+    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered or unreplicable else EXIT_OK
 
 
 def _copy(args: argparse.Namespace) -> int:
@@ -326,19 +331,38 @@ def _sync(args: argparse.Namespace) -> int:
     )
     if args.wait:
         current = online.wait_until_streaming(endpoints, timeout=24 * 3600)
+    return _print_status(endpoints, current)
+
+
+def _status(args: argparse.Namespace) -> int:
+    endpoints = _endpoints(args)
+    return _print_status(endpoints, online.status(endpoints))
+
+
+def _print_status(endpoints: Endpoints, current: online.SyncStatus) -> int:
+    """Each table's state, the replication's health, and where the service is; exit 2 if the replication stopped."""
     table = RichTable("table", "state", title=f"{endpoints.source_identity} -> {endpoints.target_identity}")
     for name, state_ in current.tables.items():
         table.add_row(name, state_)
-    Console().print(table)
-    lag = "unknown" if current.lag_bytes is None else f"{current.lag_bytes:,} bytes"
-    print("cut over" if current.cut_over else f"replication lag: {lag}")
-    return EXIT_OK
+    if current.tables:
+        Console().print(table)
+    if current.health:
+        health = current.health
+        lag = "unknown" if current.lag_bytes is None else f"{current.lag_bytes:,} bytes"
+        print(
+            f"replication lag: {lag}; subscription {'enabled' if health.enabled else 'STOPPED'}, apply worker"
+            f" {'running' if health.applying else 'not running'}, {health.apply_errors} apply errors,"
+            f" {health.sync_errors} initial-copy errors"
+        )
+    print(lifecycle.describe(endpoints, current))
+    return EXIT_ERROR if current.problem else EXIT_OK
 
 
 def _cutover(args: argparse.Namespace) -> int:
     report = online.cutover(_endpoints(args), service_user=args.service_user, jobs=args.jobs, timeout=args.timeout)
     status = _print_report(report, args.report)
     print(f"writes were frozen for {report.freeze_window_seconds:.2f} s")
+    print(lifecycle.cut_over(_endpoints(args)))
     return status
 
 

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, materialized_views, orphans
-from . import preflight, privileges, references, state
+from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, lifecycle, materialized_views, orphans
+from . import preflight, privileges, references, replicable, state
 from .catalog import Catalog, Table, compare, read_catalog
 from .connection import Endpoints, connect, one_line
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
@@ -43,6 +43,7 @@ class Plan:
     differences: list[str]
     references: References
     extensions: list[Extension]  # what the service's objects use; created on the target before the init
+    unreplicable: list[str]  # why online mode (logical replication) would refuse the schema
 
 
 @dataclass
@@ -91,6 +92,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
         refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
         needed = extensions.needed(source, endpoints.source_schema)
         access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
+        unreplicable = replicable.refusals(source, endpoints)
         with target.cursor() as cur:
             differences = extensions.create(cur, needed, endpoints.source_schema, endpoints.target_schema)
             references.create_shared_types(source, cur, refs)
@@ -99,7 +101,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
             target_catalog = read_catalog(target, endpoints.target_schema)
         target.rollback()  # planning writes nothing
     differences += compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
-    return Plan(source_catalog, target_catalog, differences, refs, needed)
+    return Plan(source_catalog, target_catalog, differences, refs, needed, unreplicable)
 
 
 def migrate(
@@ -412,9 +414,7 @@ def prepare_target(
                 f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
             )
         if run and run.rolled_back:
-            raise MigrationError(
-                f"{endpoints.target_identity} took the service's writes until a rollback; migrate into a fresh database"
-            )
+            raise MigrationError(f"refused, nothing was written: {lifecycle.rolled_back(endpoints)}")
         if run and run.mode != mode:
             raise MigrationError(f"target {endpoints.target_identity} is being migrated {run.mode}, not {mode}")
         differences = extensions.create(cur, needed or [], endpoints.source_schema, endpoints.target_schema)

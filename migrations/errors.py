@@ -48,3 +48,7 @@ class CrossServiceReferences(MigrationError):
             + "; ".join(references)
             + " (rewrite them, or list them as dropped on purpose)"
         )
+
+
+class FreezeNotAcquired(MigrationError):
+    """The tables' locks could not be had in time; nothing was frozen (or, lifting, nothing was lifted)."""

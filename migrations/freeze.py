@@ -4,22 +4,47 @@ A statement trigger on every table refuses INSERT, UPDATE, DELETE and TRUNCATE
 from everyone, table owners and superusers included, so a write cannot slip in
 between the copy's snapshot and the cutover. Partitions get one each: a
 partitioned table's statement trigger does not fire for a write addressed to
-one of its partitions. Creating the triggers waits for
-the writes already under way to commit, so the copy sees all of them. Lifting
-the freeze drops the triggers; nothing else in the schema is touched.
+one of its partitions. Lifting the freeze drops the triggers; nothing else in
+the schema is touched.
+
+Taking the locks cannot deadlock with the service's transactions: every
+table's lock is taken in one ``LOCK TABLE`` statement, parents before the
+tables that reference them (as an application writes an order, then its
+items) and partitioned tables before their partitions, with a ``lock_timeout``
+shorter than the server's ``deadlock_timeout``, so the freeze always backs off
+before the server could pick a victim. It retries with backoff; if the locks
+cannot be had within ``wait`` seconds it gives up with nothing frozen and
+names the sessions in the way. Once held, the locks mean every write under
+way has committed, so the copy sees all of them.
 """
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
 import psycopg
 from psycopg import sql
 
-from .errors import MigrationError
+from .errors import FreezeNotAcquired, MigrationError
 
 # Shared by every service's freeze on the shared instance; holds only the trigger function.
 FREEZE_SCHEMA = "schema_migration"
 FREEZE_FUNCTION = "refuse_write"
 FREEZE_TRIGGER = "schema_migration_write_freeze"
+FREEZE_WAIT_SECONDS = 30.0  # longest the freeze (or its lifting) keeps trying for the tables' locks
+FIRST_ATTEMPT_SECONDS = 0.05  # one attempt's lock_timeout, doubled each time up to half the deadlock_timeout
+LONGEST_PAUSE_SECONDS = 1.0  # between attempts, while the service's transactions finish
+
+# CREATE TRIGGER takes SHARE ROW EXCLUSIVE, DROP TRIGGER ACCESS EXCLUSIVE; the modes each conflicts with.
+FREEZE_MODE, LIFT_MODE = "SHARE ROW EXCLUSIVE", "ACCESS EXCLUSIVE"
+_CONFLICTS = {
+    FREEZE_MODE: ["RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"],
+    LIFT_MODE: ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"],
+}
 
 _REFUSE_WRITE = """
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -32,28 +57,69 @@ END
 $$
 """
 
+# The schema's tables and partitions, each with whether it is frozen and the tables
+# it must be locked after: the tables it references, its partitioned (or inheritance) parent.
 _FROZEN_TABLES = """
 SELECT c.relname, EXISTS (
   SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = %(trigger)s
+), ARRAY(
+  SELECT DISTINCT p.relname::text FROM pg_class p
+  WHERE p.relnamespace = c.relnamespace AND p.oid <> c.oid AND (
+    p.oid IN (SELECT confrelid FROM pg_constraint WHERE contype = 'f' AND conrelid = c.oid)
+    OR p.oid IN (SELECT inhparent FROM pg_inherits WHERE inhrelid = c.oid))
 )
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
 ORDER BY c.relname
 """
 
+# Who holds or waits for a lock on the tables in a mode that conflicts with the freeze's.
+_IN_THE_WAY = """
+SELECT l.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), a.state, a.xact_start, a.query_start,
+       bool_and(l.granted), string_agg(DISTINCT c.relname || ' ' || l.mode, ', ')
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s) AND l.mode = ANY(%(modes)s) AND l.pid <> pg_backend_pid()
+GROUP BY l.pid, a.application_name, a.usename, a.state, a.xact_start, a.query_start
+ORDER BY bool_and(l.granted) DESC, a.xact_start NULLS LAST
+"""
 
-def freeze(conn: psycopg.Connection, schema: str) -> list[str]:
+
+@dataclass(frozen=True)
+class Session:
+    """A session in the freeze's way, as the source's pg_locks and pg_stat_activity show it."""
+
+    pid: int
+    application_name: str
+    user: str
+    state: str | None
+    transaction_start: datetime | None
+    query_start: datetime | None
+    holds: bool  # False: waiting in the queue
+    locks: str  # "table mode, ..."
+
+    def __str__(self) -> str:
+        started = self.transaction_start or self.query_start
+        return (
+            f"pid {self.pid} (application_name '{self.application_name}', user {self.user or '?'},"
+            f" {self.state or 'state hidden'}, {'transaction' if self.transaction_start else 'query'} started"
+            f" {started.isoformat(timespec='seconds') if started else '?'}, {'holding' if self.holds else 'waiting for'}"
+            f" {self.locks})"
+        )
+
+
+def freeze(conn: psycopg.Connection, schema: str, wait: float = FREEZE_WAIT_SECONDS) -> list[str]:
     """Freeze every table of ``schema``; return the tables newly frozen. Idempotent.
 
-    Refuses a schema that does not exist (a misspelt name froze nothing, silently).
+    Refuses a schema that does not exist (a misspelt name froze nothing,
+    silently). Raises ``FreezeNotAcquired``, with nothing frozen, if the
+    tables' locks cannot be had within ``wait`` seconds.
     """
     refuse_missing_schema(conn, schema, "nothing was frozen")
-    with conn.transaction(), conn.cursor() as cur:
-        # Two services may freeze at once; the function is shared.
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (FREEZE_SCHEMA,))
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(FREEZE_SCHEMA)))
-        cur.execute(sql.SQL(_REFUSE_WRITE).format(function=sql.Identifier(FREEZE_SCHEMA, FREEZE_FUNCTION)))
-        newly_frozen = [table for table, frozen in _tables(cur, schema) if not frozen]
+
+    def create_triggers(cur: psycopg.Cursor, tables: list[str]) -> None:
         _execute_all(cur, [
             sql.SQL(
                 "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}"
@@ -63,22 +129,98 @@ def freeze(conn: psycopg.Connection, schema: str) -> list[str]:
                 table=sql.Identifier(schema, table),
                 function=sql.Identifier(FREEZE_SCHEMA, FREEZE_FUNCTION),
             )
-            for table in newly_frozen
+            for table in tables
         ])
-    return newly_frozen
+
+    return _with_locks(conn, schema, FREEZE_MODE, wait, lambda frozen: not frozen, create_triggers, _prepare_function)
 
 
-def unfreeze(conn: psycopg.Connection, schema: str) -> list[str]:
-    """Lift the freeze on ``schema``; return the tables that were frozen. Idempotent."""
-    with conn.transaction(), conn.cursor() as cur:
-        frozen = [table for table, is_frozen in _tables(cur, schema) if is_frozen]
+def _prepare_function(cur: psycopg.Cursor) -> None:
+    # Two services may freeze at once; the function is shared.
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (FREEZE_SCHEMA,))
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(FREEZE_SCHEMA)))
+    cur.execute(sql.SQL(_REFUSE_WRITE).format(function=sql.Identifier(FREEZE_SCHEMA, FREEZE_FUNCTION)))
+
+
+def unfreeze(conn: psycopg.Connection, schema: str, wait: float = FREEZE_WAIT_SECONDS) -> list[str]:
+    """Lift the freeze on ``schema``; return the tables that were frozen. Idempotent.
+
+    Dropping a trigger waits for the readers of its table too; the same
+    bounded, retried locking applies.
+    """
+
+    def drop_triggers(cur: psycopg.Cursor, tables: list[str]) -> None:
         _execute_all(cur, [
             sql.SQL("DROP TRIGGER {trigger} ON {table}").format(
                 trigger=sql.Identifier(FREEZE_TRIGGER), table=sql.Identifier(schema, table)
             )
-            for table in frozen
+            for table in tables
         ])
-    return frozen
+
+    return _with_locks(conn, schema, LIFT_MODE, wait, lambda frozen: frozen, drop_triggers)
+
+
+def _with_locks(
+    conn: psycopg.Connection,
+    schema: str,
+    mode: str,
+    wait: float,
+    wanted: Callable[[bool], bool],
+    change: Callable[[psycopg.Cursor, list[str]], None],
+    prepare: Callable[[psycopg.Cursor], None] | None = None,
+) -> list[str]:
+    """Lock the tables whose frozen state is ``wanted`` in one statement, then ``change`` them; retried, bounded.
+
+    All or nothing: a failed attempt rolls back and holds nothing.
+    """
+    deadline = time.monotonic() + wait
+    attempt_seconds = FIRST_ATTEMPT_SECONDS
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                if prepare:
+                    prepare(cur)
+                tables = [table for table, frozen in _tables(cur, schema) if wanted(frozen)]
+                if tables:
+                    # Below the deadlock_timeout: the freeze backs off before the server picks a victim.
+                    cur.execute("SELECT current_setting('deadlock_timeout')::interval")
+                    ceiling = cur.fetchone()[0].total_seconds() / 2
+                    cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                        sql.Literal(f"{max(1, round(min(attempt_seconds, ceiling) * 1000))}ms")
+                    ))
+                    cur.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(
+                        sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(schema, t)) for t in tables),
+                        sql.SQL(mode),
+                    ))
+                    cur.execute("SET LOCAL lock_timeout = 0")
+                    change(cur, tables)
+            return tables
+        except psycopg.errors.LockNotAvailable:
+            pause = min(LONGEST_PAUSE_SECONDS, random.uniform(0, attempt_seconds * 2))
+            if time.monotonic() + pause > deadline:
+                raise FreezeNotAcquired(_not_acquired(conn, schema, mode, wait, attempts)) from None
+            time.sleep(pause)
+            attempt_seconds *= 2
+
+
+def _not_acquired(conn: psycopg.Connection, schema: str, mode: str, wait: float, attempts: int) -> str:
+    """What is in the way, from the source's own views, as one line."""
+    with conn.transaction(), conn.cursor() as cur:
+        tables = [table for table, _ in _tables(cur, schema)]
+        cur.execute(_IN_THE_WAY, {"schema": schema, "tables": tables, "modes": _CONFLICTS[mode]})
+        sessions = [Session(*row) for row in cur.fetchall()]
+    where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    action = "freeze" if mode == FREEZE_MODE else "lift the freeze on"
+    outcome = "nothing was frozen" if mode == FREEZE_MODE else "the schema is STILL FROZEN"
+    blamed = "; ".join(map(str, sessions[:5])) + (f"; and {len(sessions) - 5} more" if len(sessions) > 5 else "")
+    return (
+        f"could not {action} schema {schema} on {where}: its tables' locks were not free for {wait:.0f} s"
+        f" ({attempts} attempts), {outcome}; "
+        + (f"in the way: {blamed}" if sessions else "no session holds them now")
+        + "; end or wait for those transactions, then run the same command again"
+    )
 
 
 def _execute_all(cur: psycopg.Cursor, statements: list[sql.Composable]) -> None:
@@ -107,11 +249,24 @@ def refuse_missing_schema(conn: psycopg.Connection, schema: str, consequence: st
 
 
 def unfrozen_tables(conn: psycopg.Connection, schema: str) -> list[str]:
-    """The tables of ``schema`` that still take writes."""
+    """The tables of ``schema`` that still take writes, by name."""
     with conn.cursor() as cur:
-        return [table for table, frozen in _tables(cur, schema) if not frozen]
+        return sorted(table for table, frozen in _tables(cur, schema) if not frozen)
 
 
 def _tables(cur: psycopg.Cursor, schema: str) -> list[tuple[str, bool]]:
+    """Every table and partition of ``schema``, in the order writers lock them: parents first, then by name."""
     cur.execute(_FROZEN_TABLES, {"schema": schema, "trigger": FREEZE_TRIGGER})
-    return cur.fetchall()
+    rows = cur.fetchall()
+    frozen = {table: is_frozen for table, is_frozen, _ in rows}
+    after = {table: set(parents) & frozen.keys() for table, _, parents in rows}
+    ordered: list[str] = []
+    while after:
+        # A cycle of foreign keys has no first table: its first by name breaks it.
+        ready = [t for t, parents in after.items() if not parents] or [min(after)]
+        for table in sorted(ready):
+            ordered.append(table)
+            del after[table]
+        for parents in after.values():
+            parents.difference_update(ready)
+    return [(table, frozen[table]) for table in ordered]

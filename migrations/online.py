@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
-from . import access, engine, large_objects, materialized_views, preflight, references, state
+from . import access, engine, large_objects, lifecycle, materialized_views, preflight, references, replicable, replication_health, state
 from .connection import Endpoints
-from .errors import MigrationError
-from .freeze import freeze, unfreeze
+from .errors import FreezeNotAcquired, MigrationError
+from .freeze import FREEZE_WAIT_SECONDS, freeze, unfreeze
+from .replication_health import ReplicationBroken
 from .sequences import carry_sequences
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ class SyncStatus:
     tables: dict[str, str] = field(default_factory=dict)  # table -> state
     lag_bytes: int | None = None  # WAL the subscriber has yet to confirm
     cut_over: bool = False
+    rolled_back: bool = False  # after a cutover: the target took writes, it is not migrated into again
+    health: replication_health.Health | None = None
+    problem: str | None = None  # what stops the replication, where, and what to run
 
     @property
     def streaming(self) -> bool:
@@ -74,7 +77,7 @@ def sync(
             preflight.check(endpoints, source, target, jobs=1)  # the same database twice, the lock table
             catalog = engine.read_source(source, endpoints)
             refs, needed = engine.refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
-            _require_replica_identity(source, endpoints)
+            replicable.refuse(source, endpoints)
             run = engine.prepare_target(
                 target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE, needed=needed
             )
@@ -85,6 +88,8 @@ def sync(
             _publish(source, endpoints, sorted(catalog.tables))
             if not _subscription_exists(target, endpoints.target_schema):
                 _subscribe(source, target, endpoints, sorted(catalog.tables), publisher)
+            else:
+                _resume(target, endpoints)
     return status(endpoints)
 
 
@@ -95,9 +100,10 @@ def status(endpoints: Endpoints) -> SyncStatus:
         if target.execute("SELECT to_regclass('schema_migration.run')").fetchone()[0] is None:
             return result  # never synced
         run = target.execute(
-            "SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s", (endpoints.target_schema,)
+            "SELECT cutover_at IS NOT NULL, rolled_back_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s",
+            (endpoints.target_schema,),
         ).fetchone()
-        result.cut_over = bool(run and run[0])
+        result.cut_over, result.rolled_back = run or (False, False)
         for table, code in target.execute(
             "SELECT c.relname, r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
             " JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -105,48 +111,95 @@ def status(endpoints: Endpoints) -> SyncStatus:
             (name, endpoints.target_schema),
         ):
             result.tables[table] = _STATES.get(code, code)
-    with endpoints.connect_source(autocommit=True) as source:
-        row = source.execute(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
-            (name,),
-        ).fetchone()
-        result.lag_bytes = row[0] if row else None
+        result.health = replication_health.read(target, name)
+        with endpoints.connect_source(autocommit=True) as source:
+            row = source.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
+                (name,),
+            ).fetchone()
+            result.lag_bytes = row[0] if row else None
+            result.problem = _diagnose(source, target, endpoints, result)
     return result
 
 
+def _diagnose(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints, current: SyncStatus) -> str | None:
+    """What stops the replication; the slower lookups (the slot, both catalogs) only once it has stopped."""
+    if current.health is None or current.health.enabled:
+        return None
+    name = replication_name(endpoints.target_schema)
+    return replication_health.diagnose(
+        endpoints,
+        current.health,
+        current.tables,
+        replication_health.stopped_at(source, name, name),
+        replication_health.schema_changes(source, target, endpoints),
+    )
+
+
 def wait_until_streaming(endpoints: Endpoints, timeout: float) -> SyncStatus:
-    """Wait for the initial copy of every table to finish."""
+    """Wait for the initial copy of every table to finish, then for apply to reach what the source holds now.
+
+    Stops at once, with the diagnosis, when the replication stops on an error.
+    """
     deadline = time.monotonic() + timeout
     while not (current := status(endpoints)).streaming:
+        if current.problem:
+            raise ReplicationBroken(current.problem)
         if not current.tables:
-            raise MigrationError(f"{endpoints.target_identity} has no subscription: run sync first")
+            raise MigrationError(f"{endpoints.target_identity} has no subscription: {lifecycle.describe(endpoints, current)}")
         if time.monotonic() > deadline:
             behind = ", ".join(f"{t} {s}" for t, s in current.tables.items() if s != "streaming")
             raise MigrationError(f"initial copy not finished after {timeout:.0f} s: {behind}")
         time.sleep(STATUS_POLL_SECONDS)
-    return current
+    if current.problem:
+        raise ReplicationBroken(current.problem)
+    with endpoints.connect_source() as source, endpoints.connect_target() as target:
+        _catch_up(source, target, endpoints, max(1.0, deadline - time.monotonic()), STATUS_POLL_SECONDS)
+    return status(endpoints)
 
 
 def cutover(
-    endpoints: Endpoints, *, service_user: str | None = None, jobs: int = 2, timeout: float = 600.0
+    endpoints: Endpoints,
+    *,
+    service_user: str | None = None,
+    jobs: int = 2,
+    timeout: float = 600.0,
+    max_lag_bytes: int = replication_health.MAX_LAG_BYTES,
+    freeze_wait: float = FREEZE_WAIT_SECONDS,
 ) -> engine.MigrationReport:
     """Freeze, catch up, carry sequences, verify, stop replicating. On failure, undo the freeze.
 
-    ``service_user`` then gets its schema handed over (see ``privileges``).
+    Refused before the freeze, replication left running, unless the source
+    schema is as it was at sync, every table streams, apply reaches a fresh
+    mark without error, the lag is at most ``max_lag_bytes`` and the freeze
+    gets its locks within ``freeze_wait`` seconds. An apply error during the
+    catch-up ends it at once: the freeze is lifted and the subscription kept,
+    to resume once the cause is fixed. ``service_user`` then gets its schema
+    handed over (see ``privileges``).
     """
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
-        if status(endpoints).cut_over:
-            raise MigrationError(f"{endpoints.target_identity} is already cut over")
-        wait_until_streaming(endpoints, timeout)
+        current = status(endpoints)
+        if current.cut_over:
+            raise MigrationError(f"{endpoints.target_identity} is already cut over: {lifecycle.cut_over(endpoints)}")
+        if current.tables:
+            with endpoints.connect_source() as source, endpoints.connect_target() as target:
+                replication_health.refuse_schema_changes(endpoints, replication_health.schema_changes(source, target, endpoints))
+        try:
+            replication_health.refuse_lag(endpoints, wait_until_streaming(endpoints, timeout).lag_bytes, max_lag_bytes)
+        except ReplicationBroken as error:
+            raise ReplicationBroken(f"cutover refused before freezing, nothing was frozen: {error}") from None
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
             catalog = engine.read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema)
             source.commit()
+            frozen_at = time.monotonic()
             try:
-                frozen_at = time.monotonic()
-                freeze(source, endpoints.source_schema)
-                _catch_up(source, target, endpoints, timeout)
+                freeze(source, endpoints.source_schema, wait=freeze_wait)
+            except FreezeNotAcquired as error:
+                raise MigrationError(f"cutover refused before freezing: {error}; replication keeps running") from None
+            try:
+                _catch_up(source, target, endpoints, timeout, POLL_SECONDS)
                 carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
                 # Neither travels by logical replication.
                 large_objects.carry(source, target, endpoints.target_schema, large_objects.referenced(source, endpoints.source_schema))
@@ -156,9 +209,12 @@ def cutover(
                 if report.mismatched:
                     raise MigrationError("copy differs after catch-up in " + ", ".join(report.mismatched))
             except BaseException as error:
-                _undo_cutover(source, endpoints)
+                # A broken subscription resumes where it stopped once its cause is fixed: no copy all over again.
+                kept = isinstance(error, ReplicationBroken)
+                _undo_cutover(source, endpoints, keep_replication=kept)
                 if isinstance(error, MigrationError):
-                    raise MigrationError(f"cutover failed, the service keeps the shared instance (freeze lifted): {error}") from None
+                    undone = "freeze lifted, replication kept" if kept else "freeze lifted, replication removed"
+                    raise MigrationError(f"cutover failed, the service keeps the shared instance ({undone}): {error}") from None
                 raise
             report.freeze_window_seconds = round(window, 3)
             log.info("cut over %s: writes were frozen for %.2f s", endpoints.target_identity, window)
@@ -185,11 +241,11 @@ def rollback(endpoints: Endpoints) -> str:
             was_cut_over = state.record_rollback(cur, endpoints.target_schema)
     if was_cut_over:
         message = (
-            f"rolled back: the service writes to {endpoints.source_identity} again; writes made to"
-            f" {endpoints.target_identity} since cutover are NOT carried back"
+            f"rolled back; writes made to {endpoints.target_identity} since cutover are NOT carried back;"
+            f" {lifecycle.rolled_back(endpoints)}"
         )
     else:
-        message = f"rolled back: the freeze on {endpoints.source_identity} is lifted and replication stopped"
+        message = f"rolled back: the freeze is lifted and replication stopped; {lifecycle.not_synced(endpoints)}"
     log.warning(message)
     return message
 
@@ -212,25 +268,6 @@ def stop_replication(endpoints: Endpoints) -> None:
 def _lock(conn: psycopg.Connection, endpoints: Endpoints) -> None:
     if not state.lock(conn, endpoints.target_schema):
         raise MigrationError(f"another migration into {endpoints.target_identity} is running")
-
-
-def _require_replica_identity(source: psycopg.Connection, endpoints: Endpoints) -> None:
-    """Without a replica identity the source refuses the service's UPDATEs and DELETEs once published."""
-    missing = [
-        name
-        for (name,) in source.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relkind = 'r' AND (c.relreplident = 'n' OR (c.relreplident = 'd'"
-            "   AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY 1",
-            (endpoints.source_schema,),
-        )
-    ]
-    if missing:
-        raise MigrationError(
-            f"tables of {endpoints.source_identity} without a primary key cannot be replicated: {', '.join(missing)};"
-            " give them one, or ALTER TABLE ... REPLICA IDENTITY FULL on the source (every UPDATE and DELETE"
-            " then logs the whole old row), or migrate offline"
-        )
 
 
 def _publish(source: psycopg.Connection, endpoints: Endpoints, tables: list[str]) -> None:
@@ -270,7 +307,7 @@ def _subscribe(
     target.autocommit = True
     try:
         target.execute(
-            sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, slot_name = {})").format(
+            sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, slot_name = {}, disable_on_error = true)").format(
                 sql.Identifier(name), sql.Literal(publisher or _publisher_conninfo(source)), sql.Identifier(name), sql.Literal(name)
             )
         )
@@ -283,6 +320,18 @@ def _subscribe(
     finally:
         target.autocommit = False
     log.info("subscribed %s to %s", endpoints.target_identity, endpoints.source_identity)
+
+
+def _resume(target: psycopg.Connection, endpoints: Endpoints) -> None:
+    """Enable a subscription that stopped on an error (its cause fixed, presumably); it stops again if not."""
+    name = sql.Identifier(replication_name(endpoints.target_schema))
+    with target.transaction():
+        # Subscriptions made before disable_on_error was used get it too.
+        target.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (disable_on_error = true)").format(name))
+        health = replication_health.read(target, replication_name(endpoints.target_schema))
+        if health and not health.enabled:
+            target.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(name))
+            log.warning("resumed the subscription on %s, stopped after %d apply errors", endpoints.target_identity, health.apply_errors)
 
 
 def _publisher_conninfo(source: psycopg.Connection) -> str:
@@ -308,30 +357,20 @@ def _drop_slot(source: psycopg.Connection, name: str) -> None:
         time.sleep(POLL_SECONDS)  # the walsender of a just-disabled subscription is exiting
 
 
-def _catch_up(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints, timeout: float) -> None:
-    """Write a mark after the freeze and wait for it on the target: apply is in commit order."""
-    token = uuid.uuid4()
-    with source.transaction():
-        source.execute(
-            "INSERT INTO schema_migration.cutover_mark VALUES (%s, %s)"
-            " ON CONFLICT (schema_name) DO UPDATE SET token = EXCLUDED.token",
-            (endpoints.source_schema, token),
-        )
-    deadline = time.monotonic() + timeout
-    while True:
-        row = target.execute(
-            "SELECT token FROM schema_migration.cutover_mark WHERE schema_name = %s", (endpoints.source_schema,)
-        ).fetchone()
-        target.rollback()
-        if row and row[0] == token:
-            return
-        if time.monotonic() > deadline:
-            raise MigrationError(f"the target did not catch up within {timeout:.0f} s")
-        time.sleep(POLL_SECONDS)
+def _catch_up(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints, timeout: float, poll: float) -> None:
+    """Wait until the target has applied everything the source committed so far; stop at the first apply error."""
+    name = replication_name(endpoints.target_schema)
+    seconds = replication_health.catch_up(
+        source, target, endpoints, name, timeout, poll, explain=lambda: status(endpoints).problem
+    )
+    log.info("%s applied everything %s had committed in %.2f s", endpoints.target_identity, endpoints.source_identity, seconds)
 
 
-def _undo_cutover(source: psycopg.Connection, endpoints: Endpoints) -> None:
+def _undo_cutover(source: psycopg.Connection, endpoints: Endpoints, keep_replication: bool) -> None:
     source.rollback()
     unfreeze(source, endpoints.source_schema)
-    stop_replication(endpoints)
-    log.warning("cutover of %s undone: freeze lifted, replication removed", endpoints.target_identity)
+    if not keep_replication:
+        stop_replication(endpoints)
+    log.warning(
+        "cutover of %s undone: freeze lifted, replication %s", endpoints.target_identity, "kept" if keep_replication else "removed"
+    )

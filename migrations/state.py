@@ -140,13 +140,14 @@ def record_cutover(cur: psycopg.Cursor, target_schema: str) -> None:
 
 
 def record_rollback(cur: psycopg.Cursor, target_schema: str) -> bool:
-    """The service went back to the shared instance; return whether it had been cut over."""
+    """The service went back to the shared instance; return whether it had been cut over (by now, or before an earlier rollback)."""
     cur.execute(
-        "SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE", (target_schema,)
+        "SELECT cutover_at IS NOT NULL, rolled_back_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
+        (target_schema,),
     )
     row = cur.fetchone()
     if not (row and row[0]):
-        return False
+        return bool(row and row[1])  # rolled back already: the warning holds as much as the first time
     cur.execute(
         "UPDATE schema_migration.run SET rolled_back_at = now(), cutover_at = NULL WHERE target_schema = %s",
         (target_schema,),

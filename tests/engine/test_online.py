@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from migrations import online
+from migrations import lifecycle, online
 from migrations.errors import MigrationError
 from migrations.freeze import unfrozen_tables
 from migrations.rehearsal.writer import LiveWriter
@@ -133,13 +133,21 @@ def test_a_rolled_back_database_is_not_migrated_into_again(shared_source, servic
     online.cutover(endpoints)
     online.rollback(endpoints)
 
-    with pytest.raises(MigrationError, match="took the service's writes until a rollback"):
+    with pytest.raises(MigrationError, match="took the service's writes until a rollback") as by_sync:
         online.sync(endpoints, init_sql=ONBOARDING.init_sql)
+    with pytest.raises(MigrationError) as by_cutover:
+        online.cutover(endpoints, timeout=5)
+    # Both say the same: where the service is and what comes next.
+    position = lifecycle.rolled_back(endpoints)
+    assert position in str(by_sync.value) and position in str(by_cutover.value)
+    assert "next: sync (or copy) into a fresh, empty database" in position
+    assert lifecycle.describe(endpoints, online.status(endpoints)) == position
+    assert "NOT carried back" in online.rollback(endpoints)  # a second rollback keeps the warning
 
 
 def test_a_cutover_without_a_sync_is_refused_in_one_line(shared_source, service_target):
     endpoints = endpoints_for(ONBOARDING, shared_source, service_target(ONBOARDING))
-    with pytest.raises(MigrationError, match="has no subscription: run sync first"):
+    with pytest.raises(MigrationError, match="has no subscription: the service writes to .* is not being synced; next: sync"):
         online.cutover(endpoints, timeout=5)
     with psycopg.connect(shared_source) as conn:
         assert len(unfrozen_tables(conn, ONBOARDING.schema)) == 4  # nothing was frozen

@@ -116,6 +116,7 @@ def test_online_sync_then_cutover_then_rollback_through_the_sdk_host(inputs, sha
     with DynamicProviderHost(resource_type="pulumi-python:dynamic/hexabuilders:SchemaMigration") as host:
         resource_id, outputs = host.create(provider, host.check(provider, syncing))
         assert outputs["cut_over"] is False and set(outputs["replication"]) == set(table_rows(shared_source, CAMPAIGNS.schema))
+        assert outputs.get("warning") is None  # the replication is healthy: nothing stopped it
         with psycopg.connect(shared_source) as conn:
             assert unfrozen_tables(conn, CAMPAIGNS.schema) == _tables(conn)  # the service still writes there
 

@@ -1,18 +1,21 @@
-"""Online mode: the new database follows the shared instance until cutover.
+"""Online mode: the new database follows the shared instance until cutover, and the shared instance follows it after.
 
 ``sync`` subscribes the new database to a publication of the service's tables
 on the shared instance (native logical replication): the bulk copy and every
 later change flow between the two servers, while the service keeps writing to
-the shared instance. ``cutover`` freezes the source, waits until the target
-has applied everything written before the freeze, carries the sequences,
-verifies, and removes the subscription, the replication slot and the
-publication. The write freeze lasts from the freeze to the verified copy; it
-is measured and reported. ``rollback`` undoes a cutover (the freeze is lifted;
-writes made to the new database since are not carried back) or abandons a sync.
+the shared instance. ``cutover`` checks the copy ahead of the freeze
+(``window``), freezes the source, waits until the target has applied
+everything written before the freeze, carries the sequences, verifies what
+changed since the check, sets up the way back (``reverse``) and switches; the
+outage it reports runs from the freeze's commit to that switch. The forward
+replication is removed after it.
 
-Any failure during cutover lifts the freeze and removes the replication, so
-the service keeps the shared instance and the source keeps no slot (and no
-WAL) behind.
+The state machine, as ``status`` sees it: synced -> cut over (the shared
+instance follows the new database) -> either final (``finalize``: the way back
+dropped) or rolled back (``rollback``: every write made to the new database
+carried back and verified; ``sync`` starts the same database over). Any failure
+during cutover lifts the freeze and removes the replication, so the service
+keeps the shared instance and the source keeps no slot (and no WAL) behind.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, engine, large_objects, materialized_views, preflight, references, state
+from . import access, engine, large_objects, materialized_views, preflight, references, reverse, state, window
+from .catalog import read_catalog
 from .connection import Endpoints
 from .errors import MigrationError
 from .freeze import freeze, unfreeze
+from .replication import drop_slot, peer_conninfo
 from .sequences import carry_sequences
+from .verify import verify_schema
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ class SyncStatus:
     tables: dict[str, str] = field(default_factory=dict)  # table -> state
     lag_bytes: int | None = None  # WAL the subscriber has yet to confirm
     cut_over: bool = False
+    final: bool = False  # declared final: no way back is kept
 
     @property
     def streaming(self) -> bool:
@@ -82,6 +89,10 @@ def sync(
             source.commit()
             if run.cut_over:
                 return status(endpoints)
+            if run.rolled_back:  # every write was carried back: the same database starts over from a fresh copy
+                with target.transaction(), target.cursor() as cur:
+                    state.restart_online(cur, endpoints.target_schema)
+                unfreeze(target, endpoints.target_schema)
             _publish(source, endpoints, sorted(catalog.tables))
             if not _subscription_exists(target, endpoints.target_schema):
                 _subscribe(source, target, endpoints, sorted(catalog.tables), publisher)
@@ -95,9 +106,10 @@ def status(endpoints: Endpoints) -> SyncStatus:
         if target.execute("SELECT to_regclass('schema_migration.run')").fetchone()[0] is None:
             return result  # never synced
         run = target.execute(
-            "SELECT cutover_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s", (endpoints.target_schema,)
+            "SELECT cutover_at IS NOT NULL, finalized_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s",
+            (endpoints.target_schema,),
         ).fetchone()
-        result.cut_over = bool(run and run[0])
+        result.cut_over, result.final = bool(run and run[0]), bool(run and run[1])
         for table, code in target.execute(
             "SELECT c.relname, r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
             " JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -124,16 +136,30 @@ def wait_until_streaming(endpoints: Endpoints, timeout: float) -> SyncStatus:
             behind = ", ".join(f"{t} {s}" for t, s in current.tables.items() if s != "streaming")
             raise MigrationError(f"initial copy not finished after {timeout:.0f} s: {behind}")
         time.sleep(STATUS_POLL_SECONDS)
+    with endpoints.connect_target() as target, target.transaction(), target.cursor() as cur:
+        state.record_streaming(cur, endpoints.target_schema)
     return current
 
 
 def cutover(
-    endpoints: Endpoints, *, service_user: str | None = None, jobs: int = 2, timeout: float = 600.0
+    endpoints: Endpoints,
+    *,
+    service_user: str | None = None,
+    jobs: int = 2,
+    timeout: float = 600.0,
+    subscriber: str | None = None,
 ) -> engine.MigrationReport:
-    """Freeze, catch up, carry sequences, verify, stop replicating. On failure, undo the freeze.
+    """Check the copy ahead, freeze, catch up, carry sequences, verify what changed, switch; then tear down.
 
-    ``service_user`` then gets its schema handed over (see ``privileges``).
+    The window (``freeze_window_seconds``) runs from the freeze's commit to the
+    commit that records the cutover and hands the schema to ``service_user``:
+    the moment the service may write to its new database. Inside it, only what
+    changed since the check ahead is verified (``window``), and the way back is
+    set up (``reverse``; ``subscriber``: how the shared instance reaches the new
+    database, if not as this process does). The forward replication, the change
+    logs and the statistics are dealt with after the switch.
     """
+    started = time.monotonic()
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
         if status(endpoints).cut_over:
@@ -144,53 +170,151 @@ def cutover(
             refs = references.find(source, endpoints.source_schema)
             source.commit()
             try:
-                frozen_at = time.monotonic()
-                freeze(source, endpoints.source_schema)
-                _catch_up(source, target, endpoints, timeout)
-                carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
-                # Neither travels by logical replication.
-                large_objects.carry(source, target, endpoints.target_schema, large_objects.referenced(source, endpoints.source_schema))
-                materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
-                report = engine.verify_copy(endpoints, catalog, refs, [], jobs)
-                window = time.monotonic() - frozen_at
+                ahead = time.monotonic()
+                with window.baseline(endpoints, jobs, lambda: _catch_up(source, target, endpoints, timeout)) as taken:
+                    verify_seconds = time.monotonic() - ahead
+                    freeze(source, endpoints.source_schema)
+                    frozen_at = time.monotonic()
+                    _catch_up(source, target, endpoints, timeout)
+                    carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
+                    # Neither travels by logical replication.
+                    large_objects.carry(source, target, endpoints.target_schema, large_objects.referenced(source, endpoints.source_schema))
+                    materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
+                    checked = time.monotonic()
+                    report = engine.verify_copy(
+                        endpoints, catalog, refs, [], jobs, compare=taken and window.comparison(endpoints, taken, jobs)
+                    )
+                    verify_seconds += time.monotonic() - checked
                 if report.mismatched:
                     raise MigrationError("copy differs after catch-up in " + ", ".join(report.mismatched))
+                reverse.prepare(endpoints, subscriber)
+                with target.transaction(), target.cursor() as cur:
+                    state.record_cutover(cur, endpoints.target_schema)
+                    if service_user:
+                        policed = access.policed_tables(source, endpoints.source_schema, service_user)
+                        engine.hand_over(cur, endpoints.target_schema, service_user, policed)
+                outage = time.monotonic() - frozen_at
             except BaseException as error:
                 _undo_cutover(source, endpoints)
                 if isinstance(error, MigrationError):
                     raise MigrationError(f"cutover failed, the service keeps the shared instance (freeze lifted): {error}") from None
                 raise
-            report.freeze_window_seconds = round(window, 3)
-            log.info("cut over %s: writes were frozen for %.2f s", endpoints.target_identity, window)
-            stop_replication(endpoints)
-            engine.analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
-            with target.transaction(), target.cursor() as cur:
-                state.record_cutover(cur, endpoints.target_schema)
-                state.record_verification(cur, endpoints.target_schema, report.to_dict())
-                if service_user:
-                    policed = access.policed_tables(source, endpoints.source_schema, service_user)
-                    engine.hand_over(cur, endpoints.target_schema, service_user, policed)
+        log.info("cut over %s: writes were refused for %.2f s", endpoints.target_identity, outage)
+        _finish_switch(endpoints)
+        engine.analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            report.freeze_window_seconds = round(outage, 3)
+            report.copy_seconds = round(state.initial_copy_seconds(cur, endpoints.target_schema), 3)
+            report.verify_seconds = round(verify_seconds, 3)
+            report.duration_seconds = round(time.monotonic() - started, 3)
+            state.record_verification(cur, endpoints.target_schema, report.to_dict())
     return report
 
 
-def rollback(endpoints: Endpoints) -> str:
-    """Send the service back to the shared instance: lift the freeze, stop any replication."""
+def _finish_switch(endpoints: Endpoints) -> None:
+    """After the switch: the forward replication and the change logs go, then the shared instance starts following."""
+    stop_replication(endpoints)
+    window.stop_logs(endpoints)
+    reverse.start(endpoints)
+
+
+def rollback(endpoints: Endpoints, *, jobs: int = 2, timeout: float = 600.0) -> str:
+    """Send the service back to the shared instance.
+
+    After an online cutover, with the way back in place: freeze the new
+    database, let the shared instance catch up with every write made there,
+    carry the sequences back, verify, lift the shared instance's freeze (the
+    new database stays frozen; ``sync`` starts it over). Without the way back
+    (offline, or a sync never cut over): lift the freeze and stop any
+    replication. Refused once the migration is final.
+    """
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
-        stop_replication(endpoints)
-        with endpoints.connect_source() as source:
-            unfreeze(source, endpoints.source_schema)
         with lock_holder.transaction(), lock_holder.cursor() as cur:
             state.ensure(cur)
-            was_cut_over = state.record_rollback(cur, endpoints.target_schema)
-    if was_cut_over:
-        message = (
-            f"rolled back: the service writes to {endpoints.source_identity} again; writes made to"
-            f" {endpoints.target_identity} since cutover are NOT carried back"
-        )
-    else:
-        message = f"rolled back: the freeze on {endpoints.source_identity} is lifted and replication stopped"
+            run = state.load_run(cur, endpoints.target_schema)
+            earlier = state.rollback_note(cur, endpoints.target_schema)
+        if run and run.final:
+            raise MigrationError(
+                f"{endpoints.target_identity} was declared final: the way back to {endpoints.source_identity} is gone"
+                " and a rollback would lose every write made since the cutover; nothing was done"
+            )
+        if earlier:
+            return f"already rolled back; {earlier}"
+        with endpoints.connect_source(autocommit=True) as source:
+            way_back = run is not None and run.cut_over and reverse.exists(source, endpoints)
+        if way_back:
+            message = _carry_back(endpoints, jobs, timeout)
+        else:
+            stop_replication(endpoints)
+            window.stop_logs(endpoints)
+            with endpoints.connect_source() as source:
+                unfreeze(source, endpoints.source_schema)
+            message = (
+                f"rolled back: the service writes to {endpoints.source_identity} again; writes made to"
+                f" {endpoints.target_identity} since cutover are NOT carried back (no way back was kept)"
+            )
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            if not state.record_rollback(cur, endpoints.target_schema, message, way_back):
+                message = f"rolled back: the freeze on {endpoints.source_identity} is lifted and replication stopped"
     log.warning(message)
+    return message
+
+
+def _carry_back(endpoints: Endpoints, jobs: int, timeout: float) -> str:
+    """Freeze the new database, catch the shared instance up, carry sequences back, verify, switch back."""
+    back = reverse.backwards(endpoints)
+    stop_replication(endpoints)  # what a cutover cut short left for after the switch
+    window.stop_logs(endpoints)
+    reverse.start(endpoints)
+    with endpoints.connect_target() as new, endpoints.connect_source() as shared:
+        catalog = read_catalog(new, endpoints.target_schema)
+        new.commit()
+        try:
+            freeze(new, endpoints.target_schema)
+            frozen_at = time.monotonic()
+            _catch_up(new, shared, back, timeout)
+            carry_sequences(new, shared, catalog, endpoints.source_schema, [])
+            verification = verify_schema(back, jobs)
+            if verification.mismatched:
+                raise MigrationError(f"{endpoints.source_identity} differs in " + ", ".join(verification.mismatched))
+        except BaseException as error:
+            new.rollback()
+            unfreeze(new, endpoints.target_schema)
+            if isinstance(error, MigrationError):
+                raise MigrationError(
+                    f"rollback failed, the service keeps {endpoints.target_identity} (its freeze lifted, the way back"
+                    f" kept): {error}"
+                ) from None
+            raise
+        reverse.drop(endpoints)
+        unfreeze(shared, endpoints.source_schema)
+        outage = time.monotonic() - frozen_at
+    return (
+        f"rolled back: every write made to {endpoints.target_identity} since cutover is on"
+        f" {endpoints.source_identity} (verified: {len(verification.relations)} relations), where the service writes"
+        f" again; writes were refused for {outage:.2f} s; {endpoints.target_identity} stays frozen until sync starts it over"
+    )
+
+
+def finalize(endpoints: Endpoints) -> str:
+    """Declare the migration final: drop the way back, so nothing holds WAL on either side. Idempotent."""
+    with endpoints.connect_target(autocommit=True) as lock_holder:
+        _lock(lock_holder, endpoints)
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            state.ensure(cur)
+            if not state.record_final(cur, endpoints.target_schema):
+                raise MigrationError(
+                    f"{endpoints.target_identity} is not cut over: there is nothing to make final; run cutover first"
+                )
+        stop_replication(endpoints)
+        window.stop_logs(endpoints)
+        reverse.drop(endpoints)
+    message = (
+        f"final: {endpoints.target_identity} is the service's database; the way back is removed (no subscription,"
+        f" publication or slot left on either side); {endpoints.source_identity} stays frozen and can be retired"
+    )
+    log.info(message)
     return message
 
 
@@ -205,7 +329,7 @@ def stop_replication(endpoints: Endpoints) -> None:
             target.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(subscription))
             target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(subscription))
     with endpoints.connect_source(autocommit=True) as source:
-        _drop_slot(source, name)
+        drop_slot(source, name)
         source.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
 
 
@@ -266,12 +390,12 @@ def _subscribe(
     target.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(emptied)))
     target.commit()
     with endpoints.connect_source(autocommit=True) as admin:
-        _drop_slot(admin, name)  # left by a run killed between creating it and subscribing
+        drop_slot(admin, name)  # left by a run killed between creating it and subscribing
     target.autocommit = True
     try:
         target.execute(
             sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, slot_name = {})").format(
-                sql.Identifier(name), sql.Literal(publisher or _publisher_conninfo(source)), sql.Identifier(name), sql.Literal(name)
+                sql.Identifier(name), sql.Literal(publisher or peer_conninfo(source)), sql.Identifier(name), sql.Literal(name)
             )
         )
     except psycopg.Error as error:
@@ -283,29 +407,6 @@ def _subscribe(
     finally:
         target.autocommit = False
     log.info("subscribed %s to %s", endpoints.target_identity, endpoints.source_identity)
-
-
-def _publisher_conninfo(source: psycopg.Connection) -> str:
-    """How this process reached the source, password included: the target server will connect the same way."""
-    info = source.info
-    params = {k: v for k, v in info.get_parameters().items() if k in ("host", "port", "dbname", "user", "sslmode")}
-    if info.password:
-        params["password"] = info.password
-    return psycopg.conninfo.make_conninfo(**params)
-
-
-def _drop_slot(source: psycopg.Connection, name: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        row = source.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
-        if row is None:
-            return
-        if not row[0]:
-            source.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-            return
-        if time.monotonic() > deadline:
-            raise MigrationError(f"replication slot {name} on the source is still in use")
-        time.sleep(POLL_SECONDS)  # the walsender of a just-disabled subscription is exiting
 
 
 def _catch_up(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints, timeout: float) -> None:
@@ -334,4 +435,6 @@ def _undo_cutover(source: psycopg.Connection, endpoints: Endpoints) -> None:
     source.rollback()
     unfreeze(source, endpoints.source_schema)
     stop_replication(endpoints)
+    window.stop_logs(endpoints)
+    reverse.drop(endpoints)
     log.warning("cutover of %s undone: freeze lifted, replication removed", endpoints.target_identity)

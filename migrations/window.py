@@ -28,6 +28,7 @@ every materialized view, is compared whole, as without a baseline.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from .parallel import run_all
 from .verify import HASH, Checksum, Relation, TableVerification, combined, holdings, row_hash, server_method
 
 SOURCE, TARGET = "source", "target"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,10 @@ def comparison(endpoints: Endpoints, taken: Baseline, jobs: int):
                 verified[r.name] = found
             else:
                 whole.append(r)
+        log.info(
+            "window: %d relations verified by their %d changed rows and counts, %d whole",
+            len(verified), sum(len(changed.of(name) or ()) for name in verified), len(whole),
+        )
         sums = _run(endpoints, jobs, [_Query(side, r) for r in whole for side in (SOURCE, TARGET)])
         for r in whole:
             verified[r.name] = TableVerification(r.name, _checksum(sums[SOURCE, r.name]), _checksum(sums[TARGET, r.name]), r.kind)

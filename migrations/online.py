@@ -173,6 +173,7 @@ def cutover(
                 ahead = time.monotonic()
                 with window.baseline(endpoints, jobs, lambda: _catch_up(source, target, endpoints, timeout)) as taken:
                     verify_seconds = time.monotonic() - ahead
+                    reverse.prepare(endpoints, subscriber)  # its slot now: creating one takes a while
                     freeze(source, endpoints.source_schema)
                     frozen_at = time.monotonic()
                     _catch_up(source, target, endpoints, timeout)
@@ -182,12 +183,12 @@ def cutover(
                     materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
                     checked = time.monotonic()
                     report = engine.verify_copy(
-                        endpoints, catalog, refs, [], jobs, compare=taken and window.comparison(endpoints, taken, jobs)
+                        endpoints, catalog, refs, [], jobs, compare=taken and window.comparison(endpoints, taken)
                     )
                     verify_seconds += time.monotonic() - checked
                 if report.mismatched:
                     raise MigrationError("copy differs after catch-up in " + ", ".join(report.mismatched))
-                reverse.prepare(endpoints, subscriber)
+                reverse.skip_replicated(lock_holder, endpoints)
                 with target.transaction(), target.cursor() as cur:
                     state.record_cutover(cur, endpoints.target_schema)
                     if service_user:
@@ -413,6 +414,8 @@ def _catch_up(source: psycopg.Connection, target: psycopg.Connection, endpoints:
     """Write a mark after the freeze and wait for it on the target: apply is in commit order."""
     token = uuid.uuid4()
     with source.transaction():
+        # Flushed at once: the walsender sends only flushed WAL (synchronous_commit = off would wait for the WAL writer).
+        source.execute("SET LOCAL synchronous_commit = on")
         source.execute(
             "INSERT INTO schema_migration.cutover_mark VALUES (%s, %s)"
             " ON CONFLICT (schema_name) DO UPDATE SET token = EXCLUDED.token",

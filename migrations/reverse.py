@@ -1,10 +1,12 @@
 """The way back: after an online cutover the shared instance follows the new database, until the migration is final.
 
-In the cutover's window, once the target has caught up and before the service
-may write to it, a publication of the service's tables is created on the new
-database and a subscription to it on the shared instance, disabled and with
-``copy_data = false``: creating it makes its replication slot on the new
-database, so from that point every write there is kept for the way back. Once
+Just before the cutover's freeze, a publication of the service's tables is
+created on the new database and a subscription to it on the shared instance,
+disabled and with ``copy_data = false``: creating it makes its replication
+slot on the new database. In the window, once the target has caught up and
+before the service may write there, the slot is moved past everything written
+so far (what the forward replication applied): from that point every write
+there is kept for the way back. Once
 the forward replication is gone (so nothing can loop) the subscription is
 enabled, and the shared instance applies the service's writes as they happen
 (the source's write freeze is an ordinary trigger, which an apply worker does
@@ -74,6 +76,17 @@ def prepare(endpoints: Endpoints, subscriber: str | None) -> None:
                 f" ({type(error).__name__}: check that the shared instance reaches the new database, that the new"
                 " instance has logical decoding on (cloudsql.logical_decoding) and that the roles may replicate)"
             ) from None
+
+
+def skip_replicated(target: psycopg.Connection, endpoints: Endpoints) -> None:
+    """In the window, once caught up: the slot passes over what the forward replication wrote (``target`` autocommit).
+
+    The slot was made before the freeze, while the subscription still applied
+    the service's writes from the shared instance; those must not go back.
+    """
+    target.execute(
+        "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (reverse_name(endpoints.target_schema),)
+    )
 
 
 def start(endpoints: Endpoints) -> None:

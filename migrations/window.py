@@ -85,9 +85,11 @@ class Baseline:
     sums: dict[tuple[str, str], Sum | None]  # (side, relation) -> its rows then; None: missing on that side
     snapshots: dict[str, str]
     holders: list[psycopg.Connection] = field(default_factory=list)
+    # Opened with the baseline and kept for the window, where a new connection (a TLS handshake) would count.
+    workers: dict[str, list[psycopg.Connection]] = field(default_factory=dict)
 
     def close(self) -> None:
-        for conn in self.holders:
+        for conn in self.holders + [c for side in self.workers.values() for c in side]:
             conn.close()
 
 
@@ -109,10 +111,14 @@ def baseline(endpoints: Endpoints, jobs: int, catch_up: Callable[[], None]) -> I
         catch_up()
         taken = _take(endpoints)
         try:
-            taken.sums = _run(endpoints, jobs, [
+            taken.workers = {
+                SOURCE: [endpoints.connect_source(autocommit=True) for _ in range(jobs)],
+                TARGET: [endpoints.connect_target(autocommit=True) for _ in range(jobs)],
+            }
+            taken.sums = _run(endpoints, taken, [
                 _Query(side, r, snapshot=True) for r in taken.relations.values() for side in (SOURCE, TARGET)
-            ], taken.snapshots)
-            differing = _differing_unchanged(endpoints, jobs, taken, changes.read(source, target))
+            ])
+            differing = _differing_unchanged(endpoints, taken, changes.read(source, target))
             if differing:
                 raise MigrationError(
                     f"{endpoints.target_identity} differs from {endpoints.source_identity} in rows the service did not"
@@ -132,12 +138,11 @@ def stop_logs(endpoints: Endpoints) -> None:
         changes.stop(target, endpoints.target_schema)
 
 
-def comparison(endpoints: Endpoints, taken: Baseline, jobs: int):
+def comparison(endpoints: Endpoints, taken: Baseline):
     """``verify.verify_schema``'s ``compare`` for the window: see the module's docstring."""
 
     def compare(relations: list[Relation], method: str) -> list[TableVerification]:
-        with endpoints.connect_source(autocommit=True) as source, endpoints.connect_target(autocommit=True) as target:
-            changed = changes.read(source, target)
+        changed = changes.read(taken.workers[SOURCE][0], taken.workers[TARGET][0])
         incremental = {
             r.name: r for r in relations
             if method == HASH and _unaltered(taken.relations.get(r.name), r) and taken.keys.get(r.name)
@@ -150,7 +155,7 @@ def comparison(endpoints: Endpoints, taken: Baseline, jobs: int):
                 queries.append(_Query(side, r, count_only=True))
                 if changed.of(r.name):
                     queries += [_Query(side, r, keys, key, snapshot=True), _Query(side, r, keys, key)]
-        sums = _run(endpoints, jobs, queries, taken.snapshots)
+        sums = _run(endpoints, taken, queries)
         verified, whole = {}, [r for r in relations if r.name not in incremental]
         for r in incremental.values():
             if found := _composed(r, taken, sums, changed.of(r.name)):
@@ -161,7 +166,7 @@ def comparison(endpoints: Endpoints, taken: Baseline, jobs: int):
             "window: %d relations verified by their %d changed rows and counts, %d whole",
             len(verified), sum(len(changed.of(name) or ()) for name in verified), len(whole),
         )
-        sums = _run(endpoints, jobs, [_Query(side, r) for r in whole for side in (SOURCE, TARGET)])
+        sums = _run(endpoints, taken, [_Query(side, r) for r in whole for side in (SOURCE, TARGET)])
         for r in whole:
             verified[r.name] = TableVerification(r.name, _checksum(sums[SOURCE, r.name]), _checksum(sums[TARGET, r.name]), r.kind)
         return [verified[r.name] for r in sorted(relations, key=lambda r: r.name)]
@@ -212,16 +217,16 @@ def _take(endpoints: Endpoints) -> Baseline:
         raise
 
 
-def _differing_unchanged(endpoints: Endpoints, jobs: int, taken: Baseline, changed: changes.Changes) -> list[str]:
+def _differing_unchanged(endpoints: Endpoints, taken: Baseline, changed: changes.Changes) -> list[str]:
     """The relations whose rows outside ``changed`` differ between the two sides at the baseline.
 
     A relation that changed as a whole since the logs started is left to the window.
     """
     checked = [r for r in taken.relations.values() if changed.of(r.name) is not None]
-    then = _run(endpoints, jobs, [
+    then = _run(endpoints, taken, [
         _Query(side, r, Jsonb(changed.of(r.name)), taken.keys[r.name], snapshot=True)
         for r in checked if changed.of(r.name) for side in (SOURCE, TARGET)
-    ], taken.snapshots)
+    ])
     differing = []
     for r in checked:
         whole = {side: taken.sums[side, r.name] for side in (SOURCE, TARGET)}
@@ -234,30 +239,27 @@ def _differing_unchanged(endpoints: Endpoints, jobs: int, taken: Baseline, chang
     return differing
 
 
-def _run(endpoints: Endpoints, jobs: int, queries: list[_Query], snapshots: dict[str, str] | None = None) -> dict:
-    """Each query on its side, on up to ``jobs`` connections per side; results by ``_result_key``."""
-    sides = {SOURCE: (endpoints.connect_source, endpoints.source_schema), TARGET: (endpoints.connect_target, endpoints.target_schema)}
-    queues = {side: [q for q in reversed(queries) if q.side == side] for side in sides}
+def _run(endpoints: Endpoints, taken: Baseline, queries: list[_Query]) -> dict:
+    """Each query on its side, on the baseline's worker connections; results by ``_result_key``."""
+    schemas = {SOURCE: endpoints.source_schema, TARGET: endpoints.target_schema}
+    queues = {side: [q for q in reversed(queries) if q.side == side] for side in schemas}
     results: dict = {}
     lock = threading.Lock()
 
-    def worker(side: str) -> Callable[[], None]:
-        connect, schema = sides[side]
-
+    def worker(side: str, conn: psycopg.Connection) -> Callable[[], None]:
         def run() -> None:
-            with connect(autocommit=True) as conn:
-                while True:
-                    with lock:
-                        if not queues[side]:
-                            return
-                        query = queues[side].pop()
-                    found = _sum(conn, schema, query, (snapshots or {}).get(side))
-                    with lock:
-                        results[_result_key(query)] = found
+            while True:
+                with lock:
+                    if not queues[side]:
+                        return
+                    query = queues[side].pop()
+                found = _sum(conn, schemas[side], query, taken.snapshots[side])
+                with lock:
+                    results[_result_key(query)] = found
 
         return run
 
-    workers = [worker(side) for side in sides for _ in range(min(jobs, len(queues[side])))]
+    workers = [worker(side, conn) for side in schemas for conn in taken.workers[side][: len(queues[side])]]
     run_all(len(workers), workers)
     return results
 

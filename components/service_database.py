@@ -43,6 +43,8 @@ DATABASE_FLAGS = {
     "log_lock_waits": "on",
     "cloudsql.enable_pgaudit": "on",
 }
+# Online mode: after cutover the shared instance subscribes to the new one (the way back), which needs logical decoding.
+ONLINE_FLAGS = {"cloudsql.logical_decoding": "on"}
 
 
 @dataclass
@@ -153,10 +155,14 @@ class ServiceDatabase(pulumi.ComponentResource):
                 dropped_on_purpose=list(service.drop_on_purpose),
                 mode=service.mode,
                 cutover=service.cutover,
+                # The way back: the shared instance reaches the new one at its private IP, never through a local proxy.
+                subscriber_url=postgres_url(
+                    migrator.name, migrator_password, instance.private_ip_address, POSTGRES_PORT, database.name
+                ),
             ),
             opts=child,
         )
-        # A rollback says what it did not carry back: writes made to the new database since cutover.
+        # A rollback says what it did (and, without the way back, what it did not carry back).
         migration.warning.apply(lambda warning: warning and pulumi.log.warn(warning, resource=migration))
 
         database_url = postgres_url(
@@ -247,7 +253,7 @@ class ServiceDatabase(pulumi.ComponentResource):
             ),
             database_flags=[
                 gcp.sql.DatabaseInstanceSettingsDatabaseFlagArgs(name=flag, value=value)
-                for flag, value in DATABASE_FLAGS.items()
+                for flag, value in (DATABASE_FLAGS | (ONLINE_FLAGS if service.mode == "online" else {})).items()
             ],
             user_labels={"service": service.name},
         )

@@ -153,8 +153,23 @@ def _parser() -> argparse.ArgumentParser:
     cutover.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections for the verification")
     cutover.add_argument("--timeout", type=_positive, default=600, metavar="SECONDS", help="longest wait for the initial copy and the catch-up")
     cutover.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+    cutover.add_argument(
+        "--subscriber", metavar="DSN",
+        help="how the shared instance reaches the new database for the way back, if not as this command does",
+    )
 
-    command("rollback", _rollback, "Send the service back to the shared instance: lift the freeze, stop any replication.")
+    rollback = command(
+        "rollback", _rollback,
+        "Send the service back to the shared instance. After an online cutover: freeze the new database, carry every"
+        " write made there back, verify, lift the shared instance's freeze.",
+    )
+    rollback.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections for the verification")
+    rollback.add_argument("--timeout", type=_positive, default=600, metavar="SECONDS", help="longest wait for the shared instance to catch up")
+
+    command(
+        "finalize", _finalize,
+        "Declare the migration final: drop the way back (no slot or subscription left on either side); no rollback after.",
+    )
 
     rehearse = commands.add_parser(
         "rehearse",
@@ -336,14 +351,24 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _cutover(args: argparse.Namespace) -> int:
-    report = online.cutover(_endpoints(args), service_user=args.service_user, jobs=args.jobs, timeout=args.timeout)
+    report = online.cutover(
+        _endpoints(args), service_user=args.service_user, jobs=args.jobs, timeout=args.timeout, subscriber=args.subscriber
+    )
     status = _print_report(report, args.report)
-    print(f"writes were frozen for {report.freeze_window_seconds:.2f} s")
+    print(
+        f"writes were refused for {report.freeze_window_seconds:.2f} s; the shared instance follows the new database"
+        " until: python -m migrations finalize (or rollback)"
+    )
     return status
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    print(online.rollback(_endpoints(args)))
+    print(online.rollback(_endpoints(args), jobs=args.jobs, timeout=args.timeout))
+    return EXIT_OK
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    print(online.finalize(_endpoints(args)))
     return EXIT_OK
 
 

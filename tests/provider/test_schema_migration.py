@@ -139,7 +139,7 @@ def test_online_cutover_true_false_true_final_through_the_sdk_host(inputs, share
         assert still["warning"] == back["warning"] and still["replication"]
 
         again = host.update(provider, resource_id, still, cutting)
-        assert again["cut_over"] is True and again["warning"] is None
+        assert again["cut_over"] is True and again.get("warning") is None
         assert table_rows(target, CAMPAIGNS.schema) == table_rows(shared_source, CAMPAIGNS.schema)
 
         assert host.diff(provider, resource_id, again, final).changes is True

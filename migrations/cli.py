@@ -22,7 +22,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from . import engine, online
+from . import engine, online, reverse
 from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .extensions import CLOUD_SQL_EXTENSIONS
@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = command("plan", _plan, "Compare schemas and list cross-service references and what a copy would do. Writes nothing.")
     plan.add_argument("--init", type=Path, metavar="FILE", help="compare with the target as this init SQL would leave it")
+    plan.add_argument("--online", action="store_true", help="also check what online mode's way back needs (logical decoding, replication roles)")
     dropped(plan)
 
     copy = command("copy", _copy, "Plan, init (optional), freeze the source, copy every table, verify.")
@@ -265,7 +266,13 @@ def _plan(args: argparse.Namespace) -> int:
     for statement in outside:
         print(f"outside the schema: {statement}")
     unoffered = any(e.name not in CLOUD_SQL_EXTENSIONS for e in result.extensions)
-    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered else EXIT_OK
+    missing = []
+    if args.online:
+        with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            missing = reverse.missing_requirements(source, target, endpoints)
+    for requirement in missing:
+        print(f"online: {requirement}")
+    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered or missing else EXIT_OK
 
 
 def _copy(args: argparse.Namespace) -> int:

@@ -82,6 +82,8 @@ def sync(
             catalog = engine.read_source(source, endpoints)
             refs, needed = engine.refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
             _require_replica_identity(source, endpoints)
+            if missing := reverse.missing_requirements(source, target, endpoints):
+                raise MigrationError("the way back after cutover cannot be set up: " + "; ".join(missing) + "; nothing was written")
             run = engine.prepare_target(
                 target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE, needed=needed
             )

@@ -89,6 +89,39 @@ def skip_replicated(target: psycopg.Connection, endpoints: Endpoints) -> None:
     )
 
 
+def missing_requirements(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints) -> list[str]:
+    """What the way back needs and these servers lack, each with its fix (Cloud SQL's names where they apply).
+
+    Checked before anything is written; what cannot be checked from here (that
+    the shared instance reaches the new one over the network) is in the README.
+    """
+    missing = []
+    wal_level, slots, senders, replicates = target.execute(
+        "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int,"
+        " current_setting('max_wal_senders')::int, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    where = endpoints.target_identity
+    if wal_level != "logical":
+        missing.append(f"{where} has wal_level {wal_level}: set the flag cloudsql.logical_decoding=on (wal_level=logical)")
+    if slots < 1 or senders < 1:
+        missing.append(f"{where} allows no replication slot or WAL sender: raise max_replication_slots and max_wal_senders")
+    if not replicates:
+        missing.append(f"{where}: the migration role needs REPLICATION (ALTER ROLE ... WITH REPLICATION)")
+    (subscribes,) = source.execute(
+        "SELECT rolsuper OR (current_setting('server_version_num')::int >= 160000"
+        "   AND pg_has_role(current_user, 'pg_create_subscription', 'USAGE'))"
+        " FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if not subscribes:
+        missing.append(
+            f"{endpoints.source_identity}: the migration role may not create subscriptions (superuser, cloudsqlsuperuser"
+            " on Cloud SQL, or pg_create_subscription from PostgreSQL 16)"
+        )
+    source.rollback()
+    target.rollback()
+    return missing
+
+
 def start(endpoints: Endpoints) -> None:
     """Let the shared instance apply the service's writes (the forward replication must be gone)."""
     with endpoints.connect_source(autocommit=True) as source:

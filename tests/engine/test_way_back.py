@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from migrations import online
+from migrations import online, reverse
 from migrations.errors import MigrationError
 from migrations.freeze import unfrozen_tables
 from migrations.rehearsal.writer import LiveWriter
@@ -116,3 +116,21 @@ def test_finalize_before_cutover_is_refused(shared_source, service_target):
     online.sync(endpoints, init_sql=ONBOARDING.init_sql)
     with pytest.raises(MigrationError, match="is not cut over: there is nothing to make final; run cutover first"):
         online.finalize(endpoints)
+
+
+def test_what_the_way_back_needs_is_checked_before_anything_is_written(shared_source, service_target, target_server):
+    target = service_target(ONBOARDING)
+    with psycopg.connect(target_server.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS no_replication")
+        conn.execute("CREATE ROLE no_replication LOGIN PASSWORD 'no-replication-password'")
+    target_server.add_password("no_replication", "no-replication-password")
+    try:
+        endpoints = endpoints_for(ONBOARDING, shared_source, make_conninfo(target, user="no_replication"))
+        with endpoints.connect_source() as source, endpoints.connect_target() as new:
+            missing = reverse.missing_requirements(source, new, endpoints)
+        assert missing == [f"{endpoints.target_identity}: the migration role needs REPLICATION (ALTER ROLE ... WITH REPLICATION)"]
+        with endpoints.connect_source() as source, psycopg.connect(target) as new:
+            assert reverse.missing_requirements(source, new, endpoints_for(ONBOARDING, shared_source, target)) == []
+    finally:
+        with psycopg.connect(target_server.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP ROLE no_replication")

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from migrations.rehearsal.localserver import LocalServerError
 
-from . import tools
+from . import tools, window
 from .run import Options, run
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
@@ -33,13 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: unknown tools {', '.join(sorted(unknown))}", file=sys.stderr)
         return EXIT_ERROR
     options = Options(
-        size_mb=args.size_mb, rounds=args.rounds, jobs=args.jobs, tools=names, schema=args.schema,
+        size_mb=args.size_mb or Options.size_mb, rounds=args.rounds, jobs=args.jobs, tools=names, schema=args.schema,
         workdir=args.workdir, json_path=args.json, keep=args.keep, tables=args.tables, latency_ms=args.latency_ms,
     )
     if (args.tables is not None and args.tables < 2) or args.latency_ms < 0:
         print("bench: error: --tables takes 2 or more, --latency-ms 0 or more", file=sys.stderr)
         return EXIT_ERROR
     console = Console(highlight=False, width=max(112, Console().width))
+    if args.window:
+        return _window(args, console)
     try:
         results = run(options, console)
     except (LocalServerError, OSError, psycopg.Error) as error:
@@ -59,17 +61,37 @@ def _parser() -> argparse.ArgumentParser:
         description="Copy one generated service schema with this engine, pg_dump/pg_restore, pgcopydb and a "
         "physical reference, on local servers, in alternating rounds; print median time, MB/s, peak memory.",
     )
-    parser.add_argument("--size-mb", type=float, default=Options.size_mb, help="source schema size on disk, indexes included (default %(default)g)")
+    parser.add_argument("--size-mb", type=float, help=f"source schema size on disk, indexes included (default {Options.size_mb:g}; --window: {window.WindowOptions.size_mb:g})")
     parser.add_argument("--rounds", type=int, default=Options.rounds, help="runs of each tool (default %(default)s)")
     parser.add_argument("--jobs", type=int, default=Options.jobs, help="parallel jobs for every tool (default: cores, %(default)s)")
     parser.add_argument("--tools", default=",".join(Options.tools), help="comma-separated subset of %(default)s")
     parser.add_argument("--schema", default=Options.schema, help="name of the generated schema (default %(default)s)")
     parser.add_argument("--tables", type=int, help="the many-tables shape instead: N small tables (a few rows, a key and an index each); --size-mb is then ignored")
     parser.add_argument("--latency-ms", type=float, default=0, help="every tool reaches both servers through a local proxy adding this delay each way (default 0: straight); the engine is also run straight, for the ratio")
+    parser.add_argument("--window", action="store_true", help="the online cutover's window instead: at --size-mb and --scale times that, with a writer at --writes-per-second")
+    parser.add_argument("--scale", type=int, default=window.WindowOptions.scale, help="--window: the larger size, in times --size-mb (default %(default)s)")
+    parser.add_argument("--writes-per-second", type=float, default=window.WindowOptions.writes_per_second, help="--window: the writer's rate on the shared instance (default %(default)g)")
     parser.add_argument("--workdir", type=Path, help="where servers and logs live (default: a new temporary directory)")
     parser.add_argument("--json", type=Path, help="write the results here (default: results.json in the work directory)")
     parser.add_argument("--keep", action="store_true", help="leave the files in the work directory (the servers stop when the benchmark ends)")
     return parser
+
+
+def _window(args: argparse.Namespace, console: Console) -> int:
+    options = window.WindowOptions(
+        size_mb=args.size_mb or window.WindowOptions.size_mb, scale=args.scale,
+        writes_per_second=args.writes_per_second, rounds=args.rounds, schema=args.schema, jobs=args.jobs, workdir=args.workdir,
+    )
+    try:
+        results = window.run(options, console)
+    except (LocalServerError, OSError, psycopg.Error) as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    window.print_results(results, console)
+    path = args.json or Path(results["options"]["workdir"]) / "window.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    console.print(f"results written to {path}")
+    return EXIT_OK if all(entry["writes_lost"] == 0 for entry in results["sizes"].values()) else EXIT_DIFFERENT
 
 
 def print_results(results: dict, console: Console) -> None:

@@ -211,8 +211,9 @@ class ServiceConfig:
     migration_endpoint: Annotated[str | None, Rule("host:port, e.g. 127.0.0.1:5433", _is_endpoint)] = None
     # offline: freeze, then copy; online: replicate while the service writes, freeze only to cut over.
     mode: Annotated[str, one_of("offline", "online")] = "offline"
-    # Whether the service uses its new database; back to false after a cutover rolls back.
-    cutover: bool = True
+    # Whether the service uses its new database: true (the way back kept, online), false (before cutover,
+    # or back after one: a rollback), final (the way back dropped; no rollback after).
+    cutover: Annotated[bool | str, Rule("true, false or final", lambda value: isinstance(value, bool) or value == "final")] = True
     # The Secret (same keys as secretName's) with the shared instance's connection:
     # where the Deployment points while not cut over. Required when cutover is false.
     shared_secret_name: Annotated[str | None, DNS_SUBDOMAIN] = None
@@ -616,7 +617,8 @@ def _base(hint: Any) -> Any:
     if typing.get_origin(hint) is Annotated:
         hint = typing.get_args(hint)[0]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        kinds = tuple(arg for arg in typing.get_args(hint) if arg is not type(None))
+        return kinds[0] if len(kinds) == 1 else typing.Union[kinds]  # isinstance() takes a Union of types
     return hint
 
 
@@ -629,6 +631,8 @@ def _allowed(hint: Any) -> str:
         return "a mapping with the fields " + ", ".join(_camel(f.name) for f in dataclasses.fields(kind))
     if typing.get_origin(kind) is tuple:
         return "a list"
+    if typing.get_origin(kind) is typing.Union:
+        return " or ".join(_allowed(k) for k in typing.get_args(kind))
     return {str: "a string", int: "an integer", bool: "true or false"}[kind]
 
 

@@ -7,9 +7,13 @@ A thin adapter between Pulumi's create/diff/update/delete and the engine in
   online, replicate, then freeze, catch up, verify;
 - ``cutover`` false: offline, a plan that refuses early and writes nothing;
   online, the replication runs while the service keeps the shared instance;
-- ``cutover`` back to false after a cutover: rollback (the freeze is lifted;
-  writes made to the new database since are not carried back, the ``warning``
-  output says so).
+- ``cutover`` back to false after a cutover: rollback. Online, every write
+  made to the new database since is carried back over the way back (the
+  shared instance follows the new database from the cutover on); offline, the
+  freeze is lifted and those writes are not carried back. The ``warning``
+  output says which, and keeps saying it until the next cutover;
+- ``cutover`` ``final``: cut over (if not yet), then the way back is dropped,
+  so nothing holds WAL on either side; a rollback is refused from then on.
 
 Once cut over, an update applies a changed init SQL and grants but never
 copies over data the service may be writing. Delete leaves every row where it is.
@@ -33,6 +37,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 _IDENTITY = ("source_schema", "target_schema")
 # What the copy measured; later updates keep it.
 _COPY_OUTPUTS = ("tables", "references", "copy_seconds", "verify_seconds", "duration_seconds", "freeze_window_seconds", "replication")
+FINAL = "final"
 
 
 @dataclass
@@ -55,10 +60,12 @@ class SchemaMigrationArgs:
     """Views, functions and triggers that need another service's data and are knowingly not carried."""
     mode: pulumi.Input[str] = "offline"
     """``offline``: freeze, then copy. ``online``: replicate while the service writes; freeze only to cut over."""
-    cutover: pulumi.Input[bool] = True
-    """The service uses the new database. Set back to false after a cutover to roll back."""
+    cutover: pulumi.Input[bool | str] = True
+    """The service uses the new database. False after a cutover rolls back; ``"final"`` drops the way back."""
     retire_migrator: pulumi.Input[bool] = True
     """Disable the login of the role ``target_url`` names once done (its password is rotated when needed again)."""
+    subscriber_url: pulumi.Input[str] | None = None
+    """Secret. Online: how the shared instance reaches the new database for the way back (default: ``target_url``)."""
 
 
 def _init_hash(init_sql: str) -> str:
@@ -83,6 +90,8 @@ class SchemaMigrationProvider(ResourceProvider):
         ]
         if news.get("mode", "offline") not in ("offline", "online"):
             failures.append(CheckFailure("mode", "mode must be offline or online"))
+        if news.get("cutover", True) not in (True, False, FINAL):
+            failures.append(CheckFailure("cutover", "cutover must be true, false or final"))
         jobs = news.get("jobs", 2)
         if not isinstance(jobs, (int, float)) or int(jobs) != jobs or jobs < 1:
             failures.append(CheckFailure("jobs", "jobs must be a whole number of at least 1"))
@@ -101,7 +110,7 @@ class SchemaMigrationProvider(ResourceProvider):
             changes.append("service_user")
         if sorted(news.get("dropped_on_purpose") or ()) != olds.get("dropped_on_purpose", []):
             changes.append("dropped_on_purpose")
-        if bool(news.get("cutover", True)) != bool(olds.get("cut_over")):
+        if _wanted(news) != (bool(olds.get("cut_over")), bool(olds.get("final"))):
             changes.append("cutover")
         if news.get("mode", "offline") != olds.get("mode", "offline"):
             changes.append("mode")
@@ -136,8 +145,12 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
     from migrations.errors import MigrationError, SchemaDrift
 
     endpoints = _endpoints(props)
-    was_cut_over, cut_over = bool(olds.get("cut_over")), bool(props.get("cutover", True))
-    outs = _outputs(props) | {key: olds[key] for key in _COPY_OUTPUTS if key in olds} | {"cut_over": cut_over, "warning": None}
+    was_cut_over, was_final = bool(olds.get("cut_over")), bool(olds.get("final"))
+    cut_over, final = _wanted(props)
+    # A rollback's warning stands until the next cutover.
+    outs = _outputs(props) | {key: olds[key] for key in _COPY_OUTPUTS if key in olds} | {
+        "cut_over": cut_over, "final": final, "warning": None if cut_over else olds.get("warning"),
+    }
     options = {
         "init_sql": props["init_sql"],
         "service_user": props["service_user"],
@@ -145,7 +158,9 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
     }
     try:
         if cut_over and not was_cut_over:
-            outs |= _copy_outputs(_cut_over(endpoints, props.get("mode", "offline"), int(props.get("jobs", 2)), options))
+            outs |= _copy_outputs(
+                _cut_over(endpoints, props.get("mode", "offline"), int(props.get("jobs", 2)), options, props.get("subscriber_url"))
+            )
         elif cut_over:
             if _init_hash(props["init_sql"]) != olds.get("init_sql_sha256") or props["service_user"] != olds.get("service_user"):
                 engine.evolve(endpoints, init_sql=options["init_sql"], service_user=options["service_user"])
@@ -159,6 +174,8 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
             plan.references.refuse(endpoints.source_identity)
             if plan.differences:
                 raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, plan.differences)
+        if final and not was_final:
+            outs["warning"] = online.finalize(endpoints)
         if props.get("retire_migrator"):
             # Pulumi gives the migrator a new password whenever it is needed again (service_database.py).
             with endpoints.connect_target() as conn, conn.transaction(), conn.cursor() as cur:
@@ -168,14 +185,20 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
     return outs
 
 
-def _cut_over(endpoints, mode: str, jobs: int, options: dict[str, Any]):
+def _wanted(props: dict[str, Any]) -> tuple[bool, bool]:
+    """(cut over, final) as ``cutover`` asks."""
+    cutover = props.get("cutover", True)
+    return cutover in (True, FINAL), cutover == FINAL
+
+
+def _cut_over(endpoints, mode: str, jobs: int, options: dict[str, Any], subscriber_url: str | None):
     from migrations import engine, online
 
     if mode != "online":
         return engine.migrate(endpoints, jobs=jobs, **options)
     online.sync(endpoints, **options)
     online.wait_until_streaming(endpoints, timeout=24 * 3600)
-    return online.cutover(endpoints, service_user=options["service_user"], jobs=jobs)
+    return online.cutover(endpoints, service_user=options["service_user"], jobs=jobs, subscriber=subscriber_url)
 
 
 def _copy_outputs(report) -> dict[str, Any]:
@@ -219,8 +242,11 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
     """References across service boundaries, each with what the migration did about it."""
     cut_over: pulumi.Output[bool]
     """Whether the service now uses the new database (the DeploymentPatch follows it)."""
+    final: pulumi.Output[bool]
+    """Declared final: the way back is dropped, a rollback refused."""
     warning: pulumi.Output[str | None]
-    """Set by a rollback: what it did, and what it did not carry back; online before cutover: why the replication stopped."""
+    """Set by a rollback (what it did, and whether every write was carried back), by finalize, and online before
+    cutover when the replication stopped (why, and what to run)."""
     freeze_window_seconds: pulumi.Output[float | None]
     """Online cutover: how long the service's writes were refused."""
     replication: pulumi.Output[dict | None]
@@ -242,6 +268,7 @@ class SchemaMigration(pulumi.dynamic.Resource, module="hexabuilders", name="Sche
             "mode": args.mode,
             "cutover": args.cutover,
             "retire_migrator": args.retire_migrator,
-            **{key: None for key in ("source", "target", "init_sql_sha256", "cut_over", "warning", *_COPY_OUTPUTS)},
+            "subscriber_url": pulumi.Output.secret(args.subscriber_url) if args.subscriber_url is not None else None,
+            **{key: None for key in ("source", "target", "init_sql_sha256", "cut_over", "final", "warning", *_COPY_OUTPUTS)},
         }
         super().__init__(SchemaMigrationProvider(), name, props, opts)

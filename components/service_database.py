@@ -78,6 +78,8 @@ DATABASE_FLAGS = {
     "cloudsql.enable_pgaudit": "on",
 }
 IAM_FLAG = "cloudsql.iam_authentication"
+# Online mode: after cutover the shared instance subscribes to the new one (the way back), which needs logical decoding.
+ONLINE_FLAGS = {"cloudsql.logical_decoding": "on"}
 
 # Cloud SQL's password validation policy (passwordPolicy), and what the generator
 # draws to satisfy it: upper, lower, digits and symbols that need no escaping in a URL.
@@ -238,10 +240,14 @@ class ServiceDatabase(pulumi.ComponentResource):
                 dropped_on_purpose=list(service.drop_on_purpose),
                 mode=service.mode,
                 cutover=service.cutover,
+                # The way back: the shared instance reaches the new one at its private IP, never through a local proxy.
+                subscriber_url=postgres_url(
+                    migrator.name, migrator_password, instance.private_ip_address, POSTGRES_PORT, database.name
+                ),
             ),
             opts=self._opts("-migration"),
         )
-        # A rollback says what it did not carry back: writes made to the new database since cutover.
+        # A rollback says what it did (and, without the way back, what it did not carry back).
         migration.warning.apply(lambda warning: warning and pulumi.log.warn(warning, resource=migration))
 
         # Every CA the instance trusts (two during a rotation), so verify-ca passes across one.
@@ -312,7 +318,11 @@ class ServiceDatabase(pulumi.ComponentResource):
     def _settings(service: ServiceConfig, args: ServiceDatabaseArgs) -> gcp.sql.DatabaseInstanceSettingsArgs:
         backups = service.backups
         period = service.deny_maintenance_period
-        flags = {**DATABASE_FLAGS, **({IAM_FLAG: "on"} if service.auth == "iam" else {})}
+        flags = {
+            **DATABASE_FLAGS,
+            **({IAM_FLAG: "on"} if service.auth == "iam" else {}),
+            **(ONLINE_FLAGS if service.mode == "online" else {}),
+        }
         return gcp.sql.DatabaseInstanceSettingsArgs(
             # Explicit: newer PostgreSQL versions default to Enterprise Plus, which has no db-custom tiers.
             edition="ENTERPRISE",

@@ -22,7 +22,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from . import engine, lifecycle, online
+from . import engine, lifecycle, online, reverse
 from .connection import Endpoints, connect, one_line
 from .errors import MigrationError, SchemaDrift, VerificationFailed
 from .extensions import CLOUD_SQL_EXTENSIONS
@@ -120,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = command("plan", _plan, "Compare schemas and list cross-service references and what a copy would do. Writes nothing.")
     plan.add_argument("--init", type=Path, metavar="FILE", help="compare with the target as this init SQL would leave it")
-    plan.add_argument("--mode", choices=(OFFLINE, ONLINE), default=OFFLINE, help="online: also refuse what logical replication cannot carry")
+    plan.add_argument(
+        "--mode", choices=(OFFLINE, ONLINE), default=OFFLINE,
+        help="online: also refuse what logical replication cannot carry, and check what the way back needs",
+    )
     dropped(plan)
 
     copy = command("copy", _copy, "Plan, init (optional), freeze the source, copy every table, verify.")
@@ -154,9 +157,24 @@ def _parser() -> argparse.ArgumentParser:
     cutover.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections for the verification")
     cutover.add_argument("--timeout", type=_positive, default=600, metavar="SECONDS", help="longest wait for the initial copy and the catch-up")
     cutover.add_argument("--report", type=Path, metavar="FILE", help="write the per-table report as JSON")
+    cutover.add_argument(
+        "--subscriber", metavar="DSN",
+        help="how the shared instance reaches the new database for the way back, if not as this command does",
+    )
 
     command("status", _status, "Online mode: each table's replication state, errors and lag, where the service is and what to run next. Writes nothing.")
-    command("rollback", _rollback, "Send the service back to the shared instance: lift the freeze, stop any replication.")
+    rollback = command(
+        "rollback", _rollback,
+        "Send the service back to the shared instance. After an online cutover: freeze the new database, carry every"
+        " write made there back, verify, lift the shared instance's freeze.",
+    )
+    rollback.add_argument("--jobs", type=_positive, default=os.cpu_count() or 2, metavar="N", help="parallel connections for the verification")
+    rollback.add_argument("--timeout", type=_positive, default=600, metavar="SECONDS", help="longest wait for the shared instance to catch up")
+
+    command(
+        "finalize", _finalize,
+        "Declare the migration final: drop the way back (no slot or subscription left on either side); no rollback after.",
+    )
 
     rehearse = commands.add_parser(
         "rehearse",
@@ -255,7 +273,14 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"online: {'REFUSED' if args.mode == ONLINE else 'would refuse'}: {refusal}")
     unoffered = any(e.name not in CLOUD_SQL_EXTENSIONS for e in result.extensions)
     unreplicable = args.mode == ONLINE and result.unreplicable
-    return EXIT_DIFFERENT if result.differences or result.references.refused or unoffered or unreplicable else EXIT_OK
+    missing = []
+    if args.mode == ONLINE:
+        with endpoints.connect_source() as source, endpoints.connect_target() as target:
+            missing = reverse.missing_requirements(source, target, endpoints)
+    for requirement in missing:
+        print(f"online: {requirement}")
+    refused = result.differences or result.references.refused or unoffered or unreplicable or missing
+    return EXIT_DIFFERENT if refused else EXIT_OK
 
 
 def _copy(args: argparse.Namespace) -> int:
@@ -359,15 +384,22 @@ def _print_status(endpoints: Endpoints, current: online.SyncStatus) -> int:
 
 
 def _cutover(args: argparse.Namespace) -> int:
-    report = online.cutover(_endpoints(args), service_user=args.service_user, jobs=args.jobs, timeout=args.timeout)
+    report = online.cutover(
+        _endpoints(args), service_user=args.service_user, jobs=args.jobs, timeout=args.timeout, subscriber=args.subscriber
+    )
     status = _print_report(report, args.report)
-    print(f"writes were frozen for {report.freeze_window_seconds:.2f} s")
+    print(f"writes were refused for {report.freeze_window_seconds:.2f} s")
     print(lifecycle.cut_over(_endpoints(args)))
     return status
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    print(online.rollback(_endpoints(args)))
+    print(online.rollback(_endpoints(args), jobs=args.jobs, timeout=args.timeout))
+    return EXIT_OK
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    print(online.finalize(_endpoints(args)))
     return EXIT_OK
 
 

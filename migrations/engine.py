@@ -29,7 +29,7 @@ from .freeze import freeze, unfreeze
 from .parallel import run_all
 from .references import References
 from .sequences import carry_sequences
-from .verify import SchemaVerification, verify_schema, verify_tables
+from .verify import Comparison, SchemaVerification, verify_schema, verify_tables
 
 log = logging.getLogger(__name__)
 
@@ -294,14 +294,16 @@ def verify_copy(
     copies: list[TableCopy],
     jobs: int,
     peers: dict[str, str] | None = None,
+    compare: Comparison | None = None,
 ) -> MigrationReport:
     """Everything the source schema holds, listed from its catalog and compared with the target; orphans towards ``peers``.
 
     ``catalog`` (the copy's view of the schema) serves only to find orphans:
-    what is compared comes from ``verify_schema``'s own reading of the source.
+    what is compared comes from ``verify_schema``'s own reading of the source
+    (``compare``: see there).
     """
     peers = peers or {}
-    report = _report(endpoints, copies, verify_schema(endpoints, jobs))
+    report = _report(endpoints, copies, verify_schema(endpoints, jobs, compare))
     report.references = [_describe(r) for r in refs.items]
     counted = [r for r in refs.foreign_keys if r.other_schema in peers]
     if counted:
@@ -413,7 +415,7 @@ def prepare_target(
             raise MigrationError(
                 f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
             )
-        if run and run.rolled_back:
+        if run and run.rolled_back and not run.carried_back:
             raise MigrationError(f"refused, nothing was written: {lifecycle.rolled_back(endpoints)}")
         if run and run.mode != mode:
             raise MigrationError(f"target {endpoints.target_identity} is being migrated {run.mode}, not {mode}")

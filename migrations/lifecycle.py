@@ -1,14 +1,18 @@
 """Where the service is in its migration, and which command comes next: one answer for every command.
 
-    not synced --sync--> copying --> streaming --cutover--> cut over --rollback--> rolled back
-                            \\           |  ^                                        |
-                             +--> replication stopped (fix, then sync)   a fresh database, then sync
+    not synced --sync--> copying --> streaming --cutover--> cut over --finalize--> final
+                            \\           |  ^                  |
+                             +--> replication stopped   rollback (every write carried back)
+                                  (fix, then sync)             |
+                                                         rolled back --sync--> copying (the same database)
 
 Before cutover the service writes to the shared instance; after it, to the
-new database (the shared schema frozen); after a rollback, to the shared
-instance again, and the new database, which took writes meanwhile, is not
-migrated into again. ``sync``, ``status``, ``cutover`` and ``rollback`` all
-say it with these sentences.
+new database (the shared schema frozen, following the new database through the
+way back); after a rollback, to the shared instance again. A rollback without
+the way back (offline, or a cutover made before it existed) leaves a database
+that took writes the shared instance never saw: it is not migrated into again.
+``sync``, ``status``, ``cutover``, ``rollback`` and ``finalize`` all say it
+with these sentences.
 """
 
 from __future__ import annotations
@@ -38,17 +42,33 @@ def not_synced(endpoints: Endpoints) -> str:
 
 def cut_over(endpoints: Endpoints) -> str:
     return (
-        f"the service writes to {endpoints.target_identity}; {endpoints.source_identity} is frozen;"
-        " next: nothing (rollback sends the service back)"
+        f"the service writes to {endpoints.target_identity}; {endpoints.source_identity} is frozen and follows it;"
+        " next: finalize once the service is settled (rollback sends it back, every write carried back)"
+    )
+
+
+def final(endpoints: Endpoints) -> str:
+    return (
+        f"the service writes to {endpoints.target_identity}, final; {endpoints.source_identity} stays frozen and"
+        " can be retired; next: nothing"
+    )
+
+
+def carried_back(endpoints: Endpoints) -> str:
+    return (
+        f"the service writes to {endpoints.source_identity} again, every write made to {endpoints.target_identity}"
+        f" carried back; {endpoints.target_identity} stays frozen; next: sync to start it over"
     )
 
 
 def describe(endpoints: Endpoints, current: SyncStatus) -> str:
     """The service's position, as one line that ends with the next command."""
+    if current.final:
+        return final(endpoints)
     if current.cut_over:
         return cut_over(endpoints)
     if current.rolled_back:
-        return rolled_back(endpoints)
+        return carried_back(endpoints) if current.carried_back else rolled_back(endpoints)
     if not current.tables:
         return not_synced(endpoints)
     on_source = f"the service writes to {endpoints.source_identity}"

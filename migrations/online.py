@@ -1,18 +1,21 @@
-"""Online mode: the new database follows the shared instance until cutover.
+"""Online mode: the new database follows the shared instance until cutover, and the shared instance follows it after.
 
 ``sync`` subscribes the new database to a publication of the service's tables
 on the shared instance (native logical replication): the bulk copy and every
 later change flow between the two servers, while the service keeps writing to
-the shared instance. ``cutover`` freezes the source, waits until the target
-has applied everything written before the freeze, carries the sequences,
-verifies, and removes the subscription, the replication slot and the
-publication. The write freeze lasts from the freeze to the verified copy; it
-is measured and reported. ``rollback`` undoes a cutover (the freeze is lifted;
-writes made to the new database since are not carried back) or abandons a sync.
+the shared instance. ``cutover`` checks the copy ahead of the freeze
+(``window``), freezes the source, waits until the target has applied
+everything written before the freeze, carries the sequences, verifies what
+changed since the check, sets up the way back (``reverse``) and switches; the
+outage it reports runs from the freeze's commit to that switch. The forward
+replication is removed after it.
 
-Any failure during cutover lifts the freeze and removes the replication, so
-the service keeps the shared instance and the source keeps no slot (and no
-WAL) behind.
+The state machine, as ``status`` sees it: synced -> cut over (the shared
+instance follows the new database) -> either final (``finalize``: the way back
+dropped) or rolled back (``rollback``: every write made to the new database
+carried back and verified; ``sync`` starts the same database over). Any failure
+during cutover lifts the freeze and removes the replication, so the service
+keeps the shared instance and the source keeps no slot (and no WAL) behind.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, engine, large_objects, lifecycle, materialized_views, preflight, references, replicable, replication_health, state
+from . import access, engine, large_objects, lifecycle, materialized_views, preflight, references, replicable
+from . import replication_health, reverse, state, window
+from .catalog import read_catalog
 from .connection import Endpoints
 from .errors import FreezeNotAcquired, MigrationError
 from .freeze import FREEZE_WAIT_SECONDS, freeze, unfreeze
 from .replication_health import ReplicationBroken
+from .replication import drop_slot, peer_conninfo
 from .sequences import carry_sequences
+from .verify import verify_schema
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,9 @@ class SyncStatus:
     tables: dict[str, str] = field(default_factory=dict)  # table -> state
     lag_bytes: int | None = None  # WAL the subscriber has yet to confirm
     cut_over: bool = False
-    rolled_back: bool = False  # after a cutover: the target took writes, it is not migrated into again
+    final: bool = False  # declared final: no way back is kept
+    rolled_back: bool = False  # back on the shared instance after a cutover
+    carried_back: bool = False  # ... with every write made to the new database carried back: it may sync again
     health: replication_health.Health | None = None
     problem: str | None = None  # what stops the replication, where, and what to run
 
@@ -78,6 +87,8 @@ def sync(
             catalog = engine.read_source(source, endpoints)
             refs, needed = engine.refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
             replicable.refuse(source, endpoints)
+            if missing := reverse.missing_requirements(source, target, endpoints):
+                raise MigrationError("the way back after cutover cannot be set up: " + "; ".join(missing) + "; nothing was written")
             run = engine.prepare_target(
                 target, source, endpoints, catalog, refs, init_sql, service_user, state.ONLINE, needed=needed
             )
@@ -85,6 +96,10 @@ def sync(
             source.commit()
             if run.cut_over:
                 return status(endpoints)
+            if run.rolled_back:  # every write was carried back: the same database starts over from a fresh copy
+                with target.transaction(), target.cursor() as cur:
+                    state.restart_online(cur, endpoints.target_schema)
+                unfreeze(target, endpoints.target_schema)
             _publish(source, endpoints, sorted(catalog.tables))
             if not _subscription_exists(target, endpoints.target_schema):
                 _subscribe(source, target, endpoints, sorted(catalog.tables), publisher)
@@ -100,10 +115,11 @@ def status(endpoints: Endpoints) -> SyncStatus:
         if target.execute("SELECT to_regclass('schema_migration.run')").fetchone()[0] is None:
             return result  # never synced
         run = target.execute(
-            "SELECT cutover_at IS NOT NULL, rolled_back_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s",
+            "SELECT cutover_at IS NOT NULL, finalized_at IS NOT NULL, rolled_back_at IS NOT NULL, carried_back"
+            " FROM schema_migration.run WHERE target_schema = %s",
             (endpoints.target_schema,),
         ).fetchone()
-        result.cut_over, result.rolled_back = run or (False, False)
+        result.cut_over, result.final, result.rolled_back, result.carried_back = run or (False, False, False, False)
         for table, code in target.execute(
             "SELECT c.relname, r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
             " JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -154,6 +170,8 @@ def wait_until_streaming(endpoints: Endpoints, timeout: float) -> SyncStatus:
     if current.problem:
         raise ReplicationBroken(current.problem)
     with endpoints.connect_source() as source, endpoints.connect_target() as target:
+        with target.transaction(), target.cursor() as cur:
+            state.record_streaming(cur, endpoints.target_schema)
         _catch_up(source, target, endpoints, max(1.0, deadline - time.monotonic()), STATUS_POLL_SECONDS)
     return status(endpoints)
 
@@ -164,24 +182,33 @@ def cutover(
     service_user: str | None = None,
     jobs: int = 2,
     timeout: float = 600.0,
+    subscriber: str | None = None,
     max_lag_bytes: int = replication_health.MAX_LAG_BYTES,
     freeze_wait: float = FREEZE_WAIT_SECONDS,
 ) -> engine.MigrationReport:
-    """Freeze, catch up, carry sequences, verify, stop replicating. On failure, undo the freeze.
+    """Check the copy ahead, freeze, catch up, carry sequences, verify what changed, switch; then tear down.
+
+    The window (``freeze_window_seconds``) runs from the freeze's commit to the
+    commit that records the cutover and hands the schema to ``service_user``:
+    the moment the service may write to its new database. Inside it, only what
+    changed since the check ahead is verified (``window``), and the way back is
+    set up (``reverse``; ``subscriber``: how the shared instance reaches the new
+    database, if not as this process does). The forward replication, the change
+    logs and the statistics are dealt with after the switch.
 
     Refused before the freeze, replication left running, unless the source
     schema is as it was at sync, every table streams, apply reaches a fresh
     mark without error, the lag is at most ``max_lag_bytes`` and the freeze
     gets its locks within ``freeze_wait`` seconds. An apply error during the
     catch-up ends it at once: the freeze is lifted and the subscription kept,
-    to resume once the cause is fixed. ``service_user`` then gets its schema
-    handed over (see ``privileges``).
+    to resume once the cause is fixed.
     """
+    started = time.monotonic()
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
         current = status(endpoints)
         if current.cut_over:
-            raise MigrationError(f"{endpoints.target_identity} is already cut over: {lifecycle.cut_over(endpoints)}")
+            raise MigrationError(f"{endpoints.target_identity} is already cut over: {lifecycle.describe(endpoints, current)}")
         if current.tables:
             with endpoints.connect_source() as source, endpoints.connect_target() as target:
                 replication_health.refuse_schema_changes(endpoints, replication_health.schema_changes(source, target, endpoints))
@@ -193,60 +220,161 @@ def cutover(
             catalog = engine.read_source(source, endpoints)
             refs = references.find(source, endpoints.source_schema)
             source.commit()
-            frozen_at = time.monotonic()
             try:
-                freeze(source, endpoints.source_schema, wait=freeze_wait)
-            except FreezeNotAcquired as error:
-                raise MigrationError(f"cutover refused before freezing: {error}; replication keeps running") from None
-            try:
-                _catch_up(source, target, endpoints, timeout, POLL_SECONDS)
-                carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
-                # Neither travels by logical replication.
-                large_objects.carry(source, target, endpoints.target_schema, large_objects.referenced(source, endpoints.source_schema))
-                materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
-                report = engine.verify_copy(endpoints, catalog, refs, [], jobs)
-                window = time.monotonic() - frozen_at
+                ahead = time.monotonic()
+                with window.baseline(endpoints, jobs, lambda: _catch_up(source, target, endpoints, timeout)) as taken:
+                    verify_seconds = time.monotonic() - ahead
+                    reverse.prepare(endpoints, subscriber)  # its slot now: creating one takes a while
+                    freeze(source, endpoints.source_schema, wait=freeze_wait)
+                    frozen_at = time.monotonic()
+                    _catch_up(source, target, endpoints, timeout)
+                    carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
+                    # Neither travels by logical replication.
+                    large_objects.carry(source, target, endpoints.target_schema, large_objects.referenced(source, endpoints.source_schema))
+                    materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
+                    checked = time.monotonic()
+                    report = engine.verify_copy(
+                        endpoints, catalog, refs, [], jobs, compare=taken and window.comparison(endpoints, taken)
+                    )
+                    verify_seconds += time.monotonic() - checked
                 if report.mismatched:
                     raise MigrationError("copy differs after catch-up in " + ", ".join(report.mismatched))
+                reverse.skip_replicated(lock_holder, endpoints)
+                with target.transaction(), target.cursor() as cur:
+                    state.record_cutover(cur, endpoints.target_schema)
+                    if service_user:
+                        policed = access.policed_tables(source, endpoints.source_schema, service_user)
+                        engine.hand_over(cur, endpoints.target_schema, service_user, policed)
+                outage = time.monotonic() - frozen_at
             except BaseException as error:
-                # A broken subscription resumes where it stopped once its cause is fixed: no copy all over again.
-                kept = isinstance(error, ReplicationBroken)
+                # A broken subscription resumes where it stopped once its cause is fixed, and a freeze that got
+                # no locks froze nothing: no copy all over again.
+                kept = isinstance(error, (ReplicationBroken, FreezeNotAcquired))
                 _undo_cutover(source, endpoints, keep_replication=kept)
+                if isinstance(error, FreezeNotAcquired):
+                    raise MigrationError(f"cutover refused before freezing: {error}; replication keeps running") from None
                 if isinstance(error, MigrationError):
                     undone = "freeze lifted, replication kept" if kept else "freeze lifted, replication removed"
                     raise MigrationError(f"cutover failed, the service keeps the shared instance ({undone}): {error}") from None
                 raise
-            report.freeze_window_seconds = round(window, 3)
-            log.info("cut over %s: writes were frozen for %.2f s", endpoints.target_identity, window)
-            stop_replication(endpoints)
-            engine.analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
-            with target.transaction(), target.cursor() as cur:
-                state.record_cutover(cur, endpoints.target_schema)
-                state.record_verification(cur, endpoints.target_schema, report.to_dict())
-                if service_user:
-                    policed = access.policed_tables(source, endpoints.source_schema, service_user)
-                    engine.hand_over(cur, endpoints.target_schema, service_user, policed)
+        log.info("cut over %s: writes were refused for %.2f s", endpoints.target_identity, outage)
+        _finish_switch(endpoints)
+        engine.analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            report.freeze_window_seconds = round(outage, 3)
+            report.copy_seconds = round(state.initial_copy_seconds(cur, endpoints.target_schema), 3)
+            report.verify_seconds = round(verify_seconds, 3)
+            report.duration_seconds = round(time.monotonic() - started, 3)
+            state.record_verification(cur, endpoints.target_schema, report.to_dict())
     return report
 
 
-def rollback(endpoints: Endpoints) -> str:
-    """Send the service back to the shared instance: lift the freeze, stop any replication."""
+def _finish_switch(endpoints: Endpoints) -> None:
+    """After the switch: the forward replication and the change logs go, then the shared instance starts following."""
+    stop_replication(endpoints)
+    window.stop_logs(endpoints)
+    reverse.start(endpoints)
+
+
+def rollback(endpoints: Endpoints, *, jobs: int = 2, timeout: float = 600.0) -> str:
+    """Send the service back to the shared instance.
+
+    After an online cutover, with the way back in place: freeze the new
+    database, let the shared instance catch up with every write made there,
+    carry the sequences back, verify, lift the shared instance's freeze (the
+    new database stays frozen; ``sync`` starts it over). Without the way back
+    (offline, or a sync never cut over): lift the freeze and stop any
+    replication. Refused once the migration is final.
+    """
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
-        stop_replication(endpoints)
-        with endpoints.connect_source() as source:
-            unfreeze(source, endpoints.source_schema)
         with lock_holder.transaction(), lock_holder.cursor() as cur:
             state.ensure(cur)
-            was_cut_over = state.record_rollback(cur, endpoints.target_schema)
-    if was_cut_over:
-        message = (
-            f"rolled back; writes made to {endpoints.target_identity} since cutover are NOT carried back;"
-            f" {lifecycle.rolled_back(endpoints)}"
-        )
-    else:
-        message = f"rolled back: the freeze is lifted and replication stopped; {lifecycle.not_synced(endpoints)}"
+            run = state.load_run(cur, endpoints.target_schema)
+            earlier = state.rollback_note(cur, endpoints.target_schema)
+        if run and run.final:
+            raise MigrationError(
+                f"{endpoints.target_identity} was declared final: the way back to {endpoints.source_identity} is gone"
+                " and a rollback would lose every write made since the cutover; nothing was done"
+            )
+        if earlier:
+            return f"already rolled back; {earlier}"
+        with endpoints.connect_source(autocommit=True) as source:
+            way_back = run is not None and run.cut_over and reverse.exists(source, endpoints)
+        if way_back:
+            message = _carry_back(endpoints, jobs, timeout)
+        else:
+            stop_replication(endpoints)
+            window.stop_logs(endpoints)
+            with endpoints.connect_source() as source:
+                unfreeze(source, endpoints.source_schema)
+            message = (
+                f"rolled back; writes made to {endpoints.target_identity} since cutover are NOT carried back"
+                f" (no way back was kept); {lifecycle.rolled_back(endpoints)}"
+            )
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            if not state.record_rollback(cur, endpoints.target_schema, message, way_back):
+                message = f"rolled back: the freeze is lifted and replication stopped; {lifecycle.not_synced(endpoints)}"
     log.warning(message)
+    return message
+
+
+def _carry_back(endpoints: Endpoints, jobs: int, timeout: float) -> str:
+    """Freeze the new database, catch the shared instance up, carry sequences back, verify, switch back."""
+    back = reverse.backwards(endpoints)
+    stop_replication(endpoints)  # what a cutover cut short left for after the switch
+    window.stop_logs(endpoints)
+    reverse.start(endpoints)
+    with endpoints.connect_target() as new, endpoints.connect_source() as shared:
+        catalog = read_catalog(new, endpoints.target_schema)
+        new.commit()
+        try:
+            freeze(new, endpoints.target_schema)
+            frozen_at = time.monotonic()
+            replication_health.catch_up(
+                new, shared, back, reverse.reverse_name(endpoints.target_schema), timeout, POLL_SECONDS, explain=lambda: None
+            )
+            carry_sequences(new, shared, catalog, endpoints.source_schema, [])
+            verification = verify_schema(back, jobs)
+            if verification.mismatched:
+                raise MigrationError(f"{endpoints.source_identity} differs in " + ", ".join(verification.mismatched))
+        except BaseException as error:
+            new.rollback()
+            unfreeze(new, endpoints.target_schema)
+            if isinstance(error, MigrationError):
+                raise MigrationError(
+                    f"rollback failed, the service keeps {endpoints.target_identity} (its freeze lifted, the way back"
+                    f" kept): {error}"
+                ) from None
+            raise
+        reverse.drop(endpoints)
+        unfreeze(shared, endpoints.source_schema)
+        outage = time.monotonic() - frozen_at
+    return (
+        f"rolled back: every write made to {endpoints.target_identity} since cutover is on"
+        f" {endpoints.source_identity} (verified: {len(verification.relations)} relations), where the service writes"
+        f" again; writes were refused for {outage:.2f} s; {lifecycle.carried_back(endpoints)}"
+    )
+
+
+def finalize(endpoints: Endpoints) -> str:
+    """Declare the migration final: drop the way back, so nothing holds WAL on either side. Idempotent."""
+    with endpoints.connect_target(autocommit=True) as lock_holder:
+        _lock(lock_holder, endpoints)
+        with lock_holder.transaction(), lock_holder.cursor() as cur:
+            state.ensure(cur)
+            if not state.record_final(cur, endpoints.target_schema):
+                raise MigrationError(
+                    f"{endpoints.target_identity} is not cut over: there is nothing to make final; run cutover first"
+                )
+        stop_replication(endpoints)
+        window.stop_logs(endpoints)
+        reverse.drop(endpoints)
+    message = (
+        f"final: {endpoints.target_identity} is the service's database; the way back is removed (no subscription,"
+        f" publication or slot left on either side); {endpoints.source_identity} stays frozen and can be retired"
+    )
+    log.info(message)
     return message
 
 
@@ -261,7 +389,7 @@ def stop_replication(endpoints: Endpoints) -> None:
             target.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(subscription))
             target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(subscription))
     with endpoints.connect_source(autocommit=True) as source:
-        _drop_slot(source, name)
+        drop_slot(source, name)
         source.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
 
 
@@ -303,12 +431,12 @@ def _subscribe(
     target.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(emptied)))
     target.commit()
     with endpoints.connect_source(autocommit=True) as admin:
-        _drop_slot(admin, name)  # left by a run killed between creating it and subscribing
+        drop_slot(admin, name)  # left by a run killed between creating it and subscribing
     target.autocommit = True
     try:
         target.execute(
             sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, slot_name = {}, disable_on_error = true)").format(
-                sql.Identifier(name), sql.Literal(publisher or _publisher_conninfo(source)), sql.Identifier(name), sql.Literal(name)
+                sql.Identifier(name), sql.Literal(publisher or peer_conninfo(source)), sql.Identifier(name), sql.Literal(name)
             )
         )
     except psycopg.Error as error:
@@ -334,30 +462,9 @@ def _resume(target: psycopg.Connection, endpoints: Endpoints) -> None:
             log.warning("resumed the subscription on %s, stopped after %d apply errors", endpoints.target_identity, health.apply_errors)
 
 
-def _publisher_conninfo(source: psycopg.Connection) -> str:
-    """How this process reached the source, password included: the target server will connect the same way."""
-    info = source.info
-    params = {k: v for k, v in info.get_parameters().items() if k in ("host", "port", "dbname", "user", "sslmode")}
-    if info.password:
-        params["password"] = info.password
-    return psycopg.conninfo.make_conninfo(**params)
-
-
-def _drop_slot(source: psycopg.Connection, name: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        row = source.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
-        if row is None:
-            return
-        if not row[0]:
-            source.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-            return
-        if time.monotonic() > deadline:
-            raise MigrationError(f"replication slot {name} on the source is still in use")
-        time.sleep(POLL_SECONDS)  # the walsender of a just-disabled subscription is exiting
-
-
-def _catch_up(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints, timeout: float, poll: float) -> None:
+def _catch_up(
+    source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints, timeout: float, poll: float = POLL_SECONDS
+) -> None:
     """Wait until the target has applied everything the source committed so far; stop at the first apply error."""
     name = replication_name(endpoints.target_schema)
     seconds = replication_health.catch_up(
@@ -367,10 +474,13 @@ def _catch_up(source: psycopg.Connection, target: psycopg.Connection, endpoints:
 
 
 def _undo_cutover(source: psycopg.Connection, endpoints: Endpoints, keep_replication: bool) -> None:
+    """Lift the freeze, drop what the cutover set up; the forward replication too, unless ``keep_replication``."""
     source.rollback()
     unfreeze(source, endpoints.source_schema)
     if not keep_replication:
         stop_replication(endpoints)
+    window.stop_logs(endpoints)
+    reverse.drop(endpoints)
     log.warning(
         "cutover of %s undone: freeze lifted, replication %s", endpoints.target_identity, "kept" if keep_replication else "removed"
     )

@@ -185,6 +185,8 @@ def catch_up(
         raise ReplicationBroken(f"{endpoints.target_identity} has no subscription: run sync first")
     token = uuid.uuid4()
     with source.transaction():
+        # Flushed at once: the walsender sends only flushed WAL (synchronous_commit = off would wait for the WAL writer).
+        source.execute("SET LOCAL synchronous_commit = on")
         source.execute(
             "INSERT INTO schema_migration.cutover_mark VALUES (%s, %s)"
             " ON CONFLICT (schema_name) DO UPDATE SET token = EXCLUDED.token",

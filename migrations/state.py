@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS schema_migration.copied_large_object (
 );
 -- sha-256 of the init SQL last applied: the same file is not applied twice.
 ALTER TABLE schema_migration.run ADD COLUMN IF NOT EXISTS init_digest text;
+-- Online: a rollback that carried every write back (the way back ran), and what it said.
+ALTER TABLE schema_migration.run ADD COLUMN IF NOT EXISTS carried_back boolean NOT NULL DEFAULT false;
+ALTER TABLE schema_migration.run ADD COLUMN IF NOT EXISTS rollback_note text;
+-- Declared final: no way back is kept any more.
+ALTER TABLE schema_migration.run ADD COLUMN IF NOT EXISTS finalized_at timestamptz;
 """
 
 
@@ -86,6 +91,8 @@ class Run:
     deferred: bool
     finished: bool
     init_digest: str | None
+    carried_back: bool = False
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
 def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
     cur.execute(
         "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
-        " init_digest FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
+        " init_digest, carried_back, finalized_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
         (target_schema,),
     )
     row = cur.fetchone()
@@ -136,23 +143,70 @@ def start_run(cur: psycopg.Cursor, target_schema: str, source: str, mode: str = 
 
 
 def record_cutover(cur: psycopg.Cursor, target_schema: str) -> None:
-    cur.execute("UPDATE schema_migration.run SET cutover_at = now() WHERE target_schema = %s", (target_schema,))
-
-
-def record_rollback(cur: psycopg.Cursor, target_schema: str) -> bool:
-    """The service went back to the shared instance; return whether it had been cut over (by now, or before an earlier rollback)."""
     cur.execute(
-        "SELECT cutover_at IS NOT NULL, rolled_back_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
+        "UPDATE schema_migration.run SET cutover_at = now(), rolled_back_at = NULL, rollback_note = NULL WHERE target_schema = %s",
+        (target_schema,),
+    )
+
+
+def record_rollback(cur: psycopg.Cursor, target_schema: str, note: str, carried_back: bool) -> str | None:
+    """The service went back to the shared instance: the rollback's message, or None if it was not cut over."""
+    cur.execute(
+        "UPDATE schema_migration.run SET rolled_back_at = now(), cutover_at = NULL, carried_back = %s, rollback_note = %s"
+        " WHERE target_schema = %s AND cutover_at IS NOT NULL RETURNING rollback_note",
+        (carried_back, note, target_schema),
+    )
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def rollback_note(cur: psycopg.Cursor, target_schema: str) -> str | None:
+    """What the last rollback said, if the service is back on the shared instance after one."""
+    cur.execute(
+        "SELECT rollback_note FROM schema_migration.run WHERE target_schema = %s AND rolled_back_at IS NOT NULL"
+        " AND cutover_at IS NULL",
         (target_schema,),
     )
     row = cur.fetchone()
-    if not (row and row[0]):
-        return bool(row and row[1])  # rolled back already: the warning holds as much as the first time
+    return row[0] if row else None
+
+
+def restart_online(cur: psycopg.Cursor, target_schema: str) -> None:
+    """After a rollback that carried everything back: the same database syncs again, from a fresh copy."""
     cur.execute(
-        "UPDATE schema_migration.run SET rolled_back_at = now(), cutover_at = NULL WHERE target_schema = %s",
+        "UPDATE schema_migration.run SET rolled_back_at = NULL, carried_back = false, rollback_note = NULL,"
+        " started_at = now(), finished_at = NULL, verified_at = NULL, report = NULL WHERE target_schema = %s",
         (target_schema,),
     )
-    return True
+
+
+def record_streaming(cur: psycopg.Cursor, target_schema: str) -> None:
+    """Online: the first time every table was seen streaming ends the initial copy."""
+    cur.execute(
+        "UPDATE schema_migration.run SET finished_at = now() WHERE target_schema = %s AND finished_at IS NULL",
+        (target_schema,),
+    )
+
+
+def initial_copy_seconds(cur: psycopg.Cursor, target_schema: str) -> float:
+    """Online: from the sync to the first time every table was seen streaming (0 if not seen yet)."""
+    cur.execute(
+        "SELECT coalesce(extract(epoch FROM finished_at - started_at), 0)::float8 FROM schema_migration.run"
+        " WHERE target_schema = %s",
+        (target_schema,),
+    )
+    row = cur.fetchone()
+    return row[0] if row else 0.0
+
+
+def record_final(cur: psycopg.Cursor, target_schema: str) -> bool:
+    """Declared final; return whether it was cut over (only then can it be final)."""
+    cur.execute(
+        "UPDATE schema_migration.run SET finalized_at = coalesce(finalized_at, now())"
+        " WHERE target_schema = %s AND cutover_at IS NOT NULL RETURNING true",
+        (target_schema,),
+    )
+    return cur.fetchone() is not None
 
 
 def record_references(cur: psycopg.Cursor, target_schema: str, references: list[dict[str, Any]]) -> None:

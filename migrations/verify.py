@@ -24,6 +24,7 @@ rendering, several times slower.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections.abc import Callable
@@ -41,9 +42,11 @@ from .parallel import run_all, stopping
 HASH, MD5 = "hash", "md5"
 HASH_SINCE = 140000  # hash_record_extended
 
+# One row's 64-bit hash (HASH method); a table's checksum is md5("<count>:<sum of its rows' hashes>").
+_ROW_HASH = "hashint8extended(hash_record_extended(ROW({values}), 0), 7)"
 _CHECKSUMS = {
     HASH: """
-SELECT count(*), md5(count(*)::text || ':' || coalesce(sum(hashint8extended(hash_record_extended(ROW({values}), 0), 7)), 0)::text)
+SELECT count(*), md5(count(*)::text || ':' || coalesce(sum(""" + _ROW_HASH + """), 0)::text)
 FROM {table}
 """,
     MD5: """
@@ -146,33 +149,32 @@ WHERE s.relnamespace = %s::regnamespace ORDER BY 1
 """
 
 
-def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
+# How the relations' stored rows are compared: (relations, method) -> one verification each, in name order.
+Comparison = Callable[[list[Relation], str], list[TableVerification]]
+
+
+def verify_schema(endpoints: Endpoints, jobs: int, compare: Comparison | None = None) -> SchemaVerification:
     """Compare everything the source schema holds, listed from the source's catalog, with the target.
 
     Every table, partition, inheritance child and populated materialized view
     by count and checksum of its own rows; every sequence's position; every
     large object the tables refer to by its bytes. All reads run with
     ``row_security = off``, so a policy cannot hide rows from either side.
+    ``compare`` replaces the whole-table checksums of the stored rows (the
+    cutover's window compares only what changed since an earlier comparison).
     """
     result = SchemaVerification()
     method = _common_method(endpoints)
     with endpoints.connect_source(autocommit=True) as source:
         schema = sql.Identifier(endpoints.source_schema).as_string(source)
-        relations, oid_columns = [], []
-        for name, kind, populated, size, query, columns, types, oids, reads in source.execute(_HOLDINGS, (schema,)).fetchall():
-            if kind == "foreign table":
-                result.unchecked.append(f"foreign table {name}: its rows live on another server")
-            elif kind == "materialized view" and not populated:
-                result.unchecked.append(f"materialized view {name}: not populated on the source")
-            elif kind != "partitioned table":  # its rows are its partitions'
-                relations.append(Relation(name, kind, tuple(zip(columns, types)), size, query=query, reads=tuple(reads)))
-                oid_columns += [(name, column) for column in oids]
+        relations, oid_columns = holdings(source, endpoints.source_schema, result.unchecked)
         sequences = dict(source.execute(_SEQUENCE_POSITIONS, (schema,)).fetchall())
         # The columns are this module's own reading of the catalog; the copy's list plays no part.
         referenced = large_objects.referenced(source, endpoints.source_schema, oid_columns)
         source_objects = dict(large_objects.digests(source, referenced))
         source_next = _next_values(source, endpoints.source_schema, list(sequences))
-        stored = _compare(endpoints, [replace(r, query=None) for r in relations], jobs, method)
+        stored_rows = [replace(r, query=None) for r in relations]
+        stored = compare(stored_rows, method) if compare else _compare(endpoints, stored_rows, jobs, method)
         result.relations = _refreshed(source, endpoints.source_schema, stored, relations, result.unchecked, method)
     # Once the workers have given their target connections back: a run keeps no more than its jobs open there.
     with endpoints.connect_target(autocommit=True) as target:
@@ -193,6 +195,24 @@ def verify_schema(endpoints: Endpoints, jobs: int) -> SchemaVerification:
         if target_objects.get(oid) != source_objects.get(oid)
     ]
     return result
+
+
+def holdings(source: psycopg.Connection, schema: str, unchecked: list[str]) -> tuple[list[Relation], list[tuple[str, str]]]:
+    """What holds rows in ``schema``, from the source's catalog, and its (relation, column) that may hold large objects.
+
+    What cannot be compared is added to ``unchecked``, with why.
+    """
+    relations, oid_columns = [], []
+    quoted = sql.Identifier(schema).as_string(source)
+    for name, kind, populated, size, query, columns, types, oids, reads in source.execute(_HOLDINGS, (quoted,)).fetchall():
+        if kind == "foreign table":
+            unchecked.append(f"foreign table {name}: its rows live on another server")
+        elif kind == "materialized view" and not populated:
+            unchecked.append(f"materialized view {name}: not populated on the source")
+        elif kind != "partitioned table":  # its rows are its partitions'
+            relations.append(Relation(name, kind, tuple(zip(columns, types)), size, query=query, reads=tuple(reads)))
+            oid_columns += [(name, column) for column in oids]
+    return relations, oid_columns
 
 
 def _next_values(conn: psycopg.Connection, schema: str, names: list[str]) -> dict[str, int]:
@@ -336,7 +356,7 @@ def checksum(connect, schema: str, table: Table, method: str | None = None) -> C
     """
     relation = Relation(table.name, "table", tuple((c.name, c.type) for c in table.columns if not c.generated), 0, table.partitioned)
     with connect(autocommit=True) as conn:
-        return _checksum(conn, schema, relation, method or _server_method(conn), "source")
+        return _checksum(conn, schema, relation, method or server_method(conn), "source")
 
 
 def _checksum(conn: psycopg.Connection, schema: str, relation: Relation, method: str, side: str) -> Checksum | None:
@@ -380,6 +400,16 @@ def _checksum_query(schema: str, relation: Relation, method: str, side: str) -> 
     )
 
 
+def row_hash(relation: Relation) -> sql.Composable:
+    """One row's hash as the HASH checksum sums it, for a query over ``relation``'s rows."""
+    return sql.SQL(_ROW_HASH).format(values=sql.SQL(", ").join(_value(column, type_) for column, type_ in relation.columns))
+
+
+def combined(rows: int, hash_sum: int) -> str:
+    """The HASH checksum of rows whose hashes sum to ``hash_sum``: what the server's own query would return."""
+    return hashlib.md5(f"{rows}:{hash_sum}".encode()).hexdigest()
+
+
 def _value(name: str, type_: str) -> sql.Composable:
     """A column as hashed: as stored when its type's hash is exact, else its text rendering."""
     column = sql.Identifier(name)
@@ -402,8 +432,8 @@ def _common_method(endpoints: Endpoints) -> str:
 
 def _method(connect) -> str:
     with connect(autocommit=True) as conn:
-        return _server_method(conn)
+        return server_method(conn)
 
 
-def _server_method(conn: psycopg.Connection) -> str:
+def server_method(conn: psycopg.Connection) -> str:
     return HASH if conn.info.server_version >= HASH_SINCE else MD5

@@ -35,7 +35,7 @@ from .localserver import LocalServer, free_port
 from .progress import make_progress, observer_for
 from .sample_data import create_shared_source, fill_shared_source, grant_service_role
 from .services import ServiceSpec, services_from_stack
-from .writer import LiveWriter
+from .writer import WRITES, LiveWriter
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -141,6 +141,7 @@ def rehearse(options: Options, console: Console, tamper: Tamper | None = None) -
         ]
         if writer:
             report.criteria.append(criteria.no_write_lost(writer, runs, report.freeze_windows))
+            report.criteria.append(_rollback_drill(runs, options, console))
         report.seconds["checks"] = time.monotonic() - started
         if options.keep:
             servers.pop_all()  # leave them running
@@ -187,6 +188,20 @@ def _migrate_online(
             at_freeze |= dict(_at_freeze(run.spec.source_schema, t, before) for t in result.tables)
             console.print(f"  {run.spec.name}: cut over, writes frozen for {result.freeze_window_seconds:.2f} s")
     return at_freeze
+
+
+def _rollback_drill(runs: list[ServiceRun], options: Options, console: Console) -> Criterion:
+    """One service writes to its new database for a while, then rolls back: every write must be on the shared instance."""
+    drilled = next((run for run in runs if not run.error and run.spec.source_schema in {w.schema for w in WRITES}), None)
+    if drilled is None:
+        return Criterion("rollback lost nothing", False, "no cut-over service to roll back")
+    console.print(f"Rollback drill: {drilled.spec.name} writes to its new database, then rolls back")
+    writer = LiveWriter({drilled.spec.source_schema: drilled.service_conninfo})
+    writer.start()
+    time.sleep(1)
+    writer.stop()
+    message = _attempt(drilled, console, lambda: online.rollback(drilled.endpoints, jobs=options.jobs))
+    return criteria.rollback_lost_nothing(writer, drilled, message)
 
 
 def _at_freeze(schema: str, relation: engine.TableReport, before: Mapping[str, Checksum]) -> tuple[str, Checksum]:

@@ -297,3 +297,15 @@ def no_write_lost(writer: LiveWriter, runs: list[ServiceRun], freeze_windows: di
     if writer.errors:
         figure += f"; writer errors: {writer.errors[0]}"
     return Criterion("not one acknowledged write lost", lost == 0 and not writer.errors and writer.acknowledged > 0, figure)
+
+
+def rollback_lost_nothing(writer: LiveWriter, run: ServiceRun, message: str | None) -> Criterion:
+    """Online mode: after a rollback, every write the new database acknowledged is on the shared instance."""
+    name = "rollback lost nothing"
+    if message is None:
+        return Criterion(name, False, f"{run.spec.name}: rollback failed: {run.error}")
+    lost = writer.lost({run.spec.source_schema: run.source_service_conninfo})
+    figure = f"{run.spec.name}: {writer.acknowledged:,} writes made to its new database, {lost} missing on the shared instance after rollback"
+    if writer.errors:
+        figure += f"; writer errors: {writer.errors[0]}"
+    return Criterion(name, lost == 0 and not writer.errors and writer.acknowledged > 0, figure)

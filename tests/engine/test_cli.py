@@ -115,19 +115,32 @@ def test_a_missing_init_file_stops_before_any_write(shared_source, service_targe
         assert unfrozen_tables(conn, "recruitment")  # not frozen: nothing was written
 
 
-def test_sync_cutover_and_rollback_from_the_command_line(shared_source, service_target):
+def test_sync_cutover_rollback_and_finalize_from_the_command_line(shared_source, service_target, tmp_path):
     endpoints = ["--source", shared_source, "--source-schema", "recruitment", "--target", service_target(RECRUITMENT)]
+    init = str(ROOT / "sql" / "recruitment_init.sql")
 
-    synced = migrations("sync", *endpoints, "--init", str(ROOT / "sql" / "recruitment_init.sql"), "--wait")
+    synced = migrations("sync", *endpoints, "--init", init, "--wait")
     assert synced.returncode == 0, synced.stderr
     assert "streaming" in synced.stdout and "replication lag" in synced.stdout
 
-    cut = migrations("cutover", *endpoints, "--service-user", RECRUITMENT.user)
+    cut = migrations("cutover", *endpoints, "--service-user", RECRUITMENT.user, "--report", str(tmp_path / "cutover.json"))
     assert cut.returncode == 0, cut.stderr
-    assert "writes were frozen for" in cut.stdout and "identical" in cut.stdout
+    assert "writes were refused for" in cut.stdout and "identical" in cut.stdout and "finalize" in cut.stdout
+    report = json.loads((tmp_path / "cutover.json").read_text())
+    assert report["copy_seconds"] > 0 and report["verify_seconds"] > 0
+    assert report["duration_seconds"] > report["freeze_window_seconds"] > 0
 
     back = migrations("rollback", *endpoints)
     assert back.returncode == 0, back.stderr
-    assert "NOT carried back" in back.stdout
+    assert "every write made to" in back.stdout
     with psycopg.connect(shared_source) as conn:
         assert len(unfrozen_tables(conn, "recruitment")) >= 4
+
+    again = migrations("sync", *endpoints, "--init", init, "--wait")
+    assert again.returncode == 0, again.stderr
+    assert migrations("cutover", *endpoints, "--service-user", RECRUITMENT.user).returncode == 0
+    final = migrations("finalize", *endpoints)
+    assert final.returncode == 0, final.stderr
+    assert final.stdout.startswith("final:")
+    refused = migrations("rollback", *endpoints)
+    assert refused.returncode == 2 and "declared final" in refused.stderr

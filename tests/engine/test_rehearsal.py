@@ -153,6 +153,8 @@ def test_the_online_rehearsal_loses_no_acknowledged_write():
     lost = next(c for c in report.criteria if c.name == "not one acknowledged write lost")
     assert ", 0 lost;" in lost.figure
     assert set(report.freeze_windows) == {"partner-management", "onboarding", "recruitment", "campaign-management"}
+    drill = next(c for c in report.criteria if c.name == "rollback lost nothing")
+    assert drill.passed and ", 0 missing on the shared instance after rollback" in drill.figure
 
 
 def _lose_live_writes(runs):

@@ -109,10 +109,11 @@ def test_check_rejects_missing_inputs(inputs):
             host.check(SchemaMigrationProvider(), inputs | {"init_sql": ""})
 
 
-def test_online_sync_then_cutover_then_rollback_through_the_sdk_host(inputs, shared_source):
+def test_online_cutover_true_false_true_final_through_the_sdk_host(inputs, shared_source):
     provider = SchemaMigrationProvider()
     target = _plain(inputs)["target_url"]
     syncing = inputs | {"mode": "online", "cutover": False}
+    cutting, final = syncing | {"cutover": True}, syncing | {"cutover": "final"}
     with DynamicProviderHost(resource_type="pulumi-python:dynamic/hexabuilders:SchemaMigration") as host:
         resource_id, outputs = host.create(provider, host.check(provider, syncing))
         assert outputs["cut_over"] is False and set(outputs["replication"]) == set(table_rows(shared_source, CAMPAIGNS.schema))
@@ -120,18 +121,44 @@ def test_online_sync_then_cutover_then_rollback_through_the_sdk_host(inputs, sha
         with psycopg.connect(shared_source) as conn:
             assert unfrozen_tables(conn, CAMPAIGNS.schema) == _tables(conn)  # the service still writes there
 
-        cutting = syncing | {"cutover": True}
         diff = host.diff(provider, resource_id, outputs, cutting)
         assert diff.changes is True and diff.replaces == []  # a cutover is an update, never a new copy
         cut = host.update(provider, resource_id, outputs, cutting)
-        assert cut["cut_over"] is True and cut["freeze_window_seconds"] > 0
+        assert cut["cut_over"] is True and cut["final"] is False and cut["freeze_window_seconds"] > 0
+        assert cut["copy_seconds"] > 0 and cut["verify_seconds"] > 0 and cut["duration_seconds"] > 0
         assert table_rows(target, CAMPAIGNS.schema) == table_rows(shared_source, CAMPAIGNS.schema)
+        with psycopg.connect(target) as conn:  # the service writes to its new database
+            conn.execute("UPDATE campaign_management.campaigns SET name = name || ' (renamed after cutover)'")
 
         back = host.update(provider, resource_id, cut, syncing)
-        assert back["cut_over"] is False and "NOT carried back" in back["warning"]
+        assert back["cut_over"] is False and "every write made to" in back["warning"]
+        assert "(renamed after cutover)" in json.dumps(table_rows(shared_source, CAMPAIGNS.schema))
         with psycopg.connect(shared_source) as conn:
             assert unfrozen_tables(conn, CAMPAIGNS.schema) == _tables(conn)
-        assert SECRET not in json.dumps([outputs, cut, back]) + host.stderr_text()
+        # The next update while rolled back keeps the warning, and the new database follows again.
+        still = host.update(provider, resource_id, back, syncing)
+        assert still["warning"] == back["warning"] and still["replication"]
+
+        again = host.update(provider, resource_id, still, cutting)
+        assert again["cut_over"] is True and again.get("warning") is None
+        assert table_rows(target, CAMPAIGNS.schema) == table_rows(shared_source, CAMPAIGNS.schema)
+
+        assert host.diff(provider, resource_id, again, final).changes is True
+        done = host.update(provider, resource_id, again, final)
+        assert done["final"] is True and done["warning"].startswith("final:")
+        for conninfo in (shared_source, target):
+            with psycopg.connect(conninfo) as conn:
+                assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+                assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+        with pytest.raises(ProviderError, match="declared final"):
+            host.update(provider, resource_id, done, syncing)
+        assert SECRET not in json.dumps([outputs, cut, back, again, done]) + host.stderr_text()
+
+
+def test_check_refuses_an_unknown_cutover(inputs):
+    with DynamicProviderHost() as host:
+        with pytest.raises(Exception, match="cutover must be true, false or final"):
+            host.check(SchemaMigrationProvider(), inputs | {"cutover": "soon"})
 
 
 def _tables(conn: psycopg.Connection) -> list[str]:

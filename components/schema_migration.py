@@ -168,7 +168,9 @@ def _converge(props: dict[str, Any], olds: dict[str, Any]) -> dict[str, Any]:
             outs["warning"] = online.rollback(endpoints)
         elif props.get("mode") == "online":
             current = online.sync(endpoints, **options)
-            outs["replication"], outs["warning"] = current.tables, current.problem
+            outs["replication"] = current.tables
+            if current.problem:  # else a rollback's warning stands
+                outs["warning"] = current.problem
         else:
             plan = engine.plan(endpoints, options["init_sql"], options["dropped_on_purpose"])
             plan.references.refuse(endpoints.source_identity)

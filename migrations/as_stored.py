@@ -94,3 +94,23 @@ def put_back(cur: psycopg.Cursor, guards: Guards, table: str) -> None:
         )
     if table in guards.forced:
         cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(sql.Identifier(guards.schema, table)))
+
+
+@contextmanager
+def readable(cur: psycopg.Cursor, table: sql.Identifier) -> Iterator[None]:
+    """Inside a transaction: a FORCEd policy on ``table`` (which the role owns) does not apply until the block ends.
+
+    Every engine connection runs with ``row_security = off``, so a read that a
+    policy would filter raises instead of hiding rows; the engine's own reads
+    of target tables go through this.
+    """
+    cur.execute(
+        "SELECT relforcerowsecurity AND row_security_active(oid) FROM pg_class WHERE oid = %s::regclass",
+        (table.as_string(cur),),
+    )
+    (forced,) = cur.fetchone()
+    if forced:
+        cur.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(table))
+    yield
+    if forced:
+        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table))

@@ -7,12 +7,16 @@ partitioned table's statement trigger does not fire for a write addressed to
 one of its partitions. Lifting the freeze drops the triggers; nothing else in
 the schema is touched.
 
-Taking the locks cannot deadlock with the service's transactions: every
-table's lock is taken in one ``LOCK TABLE`` statement, parents before the
-tables that reference them (as an application writes an order, then its
-items) and partitioned tables before their partitions, with a ``lock_timeout``
-shorter than the server's ``deadlock_timeout``, so the freeze always backs off
-before the server could pick a victim. It retries with backoff; if the locks
+Taking the locks cannot deadlock with the service's transactions: the
+triggers are created (or dropped) in one statement list, each taking its
+table's lock in turn, parents before the tables that reference them (as an
+application writes an order, then its items) and partitioned tables before
+their partitions, with a ``lock_timeout`` shorter than the server's
+``deadlock_timeout``, so the freeze always backs off before the server could
+pick a victim. (No ``LOCK TABLE`` first: in these modes it needs UPDATE, DELETE
+or TRUNCATE on every table, which a migration role that only reads and
+freezes does not have; the triggers' own locks, taken in the same order, give
+the same guarantee.) It retries with backoff; if the locks
 cannot be had within ``wait`` seconds it gives up with nothing frozen and
 names the sessions in the way. Once held, the locks mean every write under
 way has committed, so the copy sees all of them.
@@ -190,12 +194,7 @@ def _with_locks(
                     cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                         sql.Literal(f"{max(1, round(min(attempt_seconds, ceiling) * 1000))}ms")
                     ))
-                    cur.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(
-                        sql.SQL(", ").join(sql.SQL("ONLY {}").format(sql.Identifier(schema, t)) for t in tables),
-                        sql.SQL(mode),
-                    ))
-                    cur.execute("SET LOCAL lock_timeout = 0")
-                    change(cur, tables)
+                    change(cur, tables)  # each statement takes its table's lock, in this order
             return tables
         except psycopg.errors.LockNotAvailable:
             pause = min(LONGEST_PAUSE_SECONDS, random.uniform(0, attempt_seconds * 2))

@@ -48,7 +48,13 @@ SELECT pg_postmaster_start_time(),
          WHERE backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))::int,
        current_setting('max_locks_per_transaction')::int,
        current_setting('max_prepared_transactions')::int,
-       has_function_privilege('pg_control_system()', 'EXECUTE')
+       has_function_privilege('pg_control_system()', 'EXECUTE'),
+       -- Connection limits of the migration role and of the database (superusers are exempt from both).
+       (SELECT nullif(rolconnlimit, -1) FROM pg_roles WHERE rolname = current_user AND NOT rolsuper),
+       (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user)::int,
+       (SELECT nullif(datconnlimit, -1) FROM pg_database WHERE datname = current_database()
+         AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)),
+       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())::int
 """
 
 # What the init creates and the load sets aside takes a lock each, all in one
@@ -71,19 +77,50 @@ class Room:
     superuser_reserved: int
     reserved: int  # reserved_connections (PostgreSQL 16+), 0 before
     in_use: int
+    role_limit: int | None = None  # the migration role's CONNECTION LIMIT; None: none applies
+    role_in_use: int = 0
+    database_limit: int | None = None  # the database's CONNECTION LIMIT; None: none applies
+    database_in_use: int = 0
 
     @property
     def free(self) -> int:
-        return self.max_connections - self.superuser_reserved - self.reserved - self.in_use
+        return self._binding()[0]
 
     @property
     def why(self) -> str:
+        return f"the {self.side} {self.where} {self._binding()[1]}"
+
+    @property
+    def fix(self) -> str:
+        return self._binding()[2]
+
+    def _binding(self) -> tuple[int, str, str]:
+        """The tightest of the server's, the role's and the database's limits: (free, why, what to change)."""
         reserved = f" - reserved_connections {self.reserved}" if self.reserved else ""
-        return (
-            f"the {self.side} {self.where} has {max(self.free, 0)} connections free"
-            f" (max_connections {self.max_connections} - superuser_reserved_connections {self.superuser_reserved}"
-            f"{reserved} - {self.in_use} in use)"
-        )
+        server_free = self.max_connections - self.superuser_reserved - self.reserved - self.in_use
+        limits = [(
+            server_free,
+            f"has {max(server_free, 0)} connections free (max_connections {self.max_connections}"
+            f" - superuser_reserved_connections {self.superuser_reserved}{reserved} - {self.in_use} in use)",
+            "close idle sessions there or raise max_connections (on Cloud SQL: the database flag max_connections)",
+        )]
+        if self.role_limit is not None:
+            role_free = self.role_limit - self.role_in_use
+            limits.append((
+                role_free,
+                f"lets the migration role open {max(role_free, 0)} more connections (its CONNECTION LIMIT"
+                f" {self.role_limit} - {self.role_in_use} open)",
+                "close the role's idle sessions there or raise its limit (ALTER ROLE ... CONNECTION LIMIT)",
+            ))
+        if self.database_limit is not None:
+            database_free = self.database_limit - self.database_in_use
+            limits.append((
+                database_free,
+                f"database accepts {max(database_free, 0)} more connections (its CONNECTION LIMIT"
+                f" {self.database_limit} - {self.database_in_use} open)",
+                "close idle sessions of that database or raise its limit (ALTER DATABASE ... CONNECTION LIMIT)",
+            ))
+        return min(limits, key=lambda limit: limit[0])
 
 
 @dataclass(frozen=True)
@@ -126,7 +163,10 @@ class Server:
 def read_server(conn: psycopg.Connection, side: str, where: str) -> Server:
     with conn.pipeline(), conn.cursor() as cur:  # with the transaction's BEGIN
         cur.execute(_SERVER)
-        started, oid, max_connections, superuser_reserved, reserved, in_use, max_locks, max_prepared, may_read = cur.fetchone()
+        (
+            started, oid, max_connections, superuser_reserved, reserved, in_use, max_locks, max_prepared, may_read,
+            role_limit, role_in_use, database_limit, database_in_use,
+        ) = cur.fetchone()
         system_identifier = None
         if may_read:
             cur.execute("SELECT system_identifier FROM pg_control_system()")
@@ -135,7 +175,10 @@ def read_server(conn: psycopg.Connection, side: str, where: str) -> Server:
         system_identifier,
         started,
         oid,
-        Room(side, where, max_connections, superuser_reserved, reserved, in_use),
+        Room(
+            side, where, max_connections, superuser_reserved, reserved, in_use,
+            role_limit, role_in_use, database_limit, database_in_use,
+        ),
         max_locks,
         max_prepared,
     )
@@ -168,8 +211,7 @@ def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Conn
     if fit < 1:
         raise MigrationError(
             f"not one copy job fits: {binding.why}, and each job needs one source and one target connection"
-            " besides the run's own; close idle sessions there or raise max_connections"
-            " (on Cloud SQL: the database flag max_connections), then run the same command again; nothing was written"
+            f" besides the run's own; {binding.fix}, then run the same command again; nothing was written"
         )
     if fit < jobs:
         log.warning(

@@ -83,9 +83,18 @@ def skip_replicated(target: psycopg.Connection, endpoints: Endpoints) -> None:
 
     The slot was made before the freeze, while the subscription still applied
     the service's writes from the shared instance; those must not go back.
+    A slot advances only over flushed WAL, and the apply worker commits with
+    ``synchronous_commit = off``: a write of our own, committed with it on,
+    flushes everything before it first (a transaction that wrote no WAL would
+    not be flushed).
     """
+    with target.transaction():
+        target.execute("SET LOCAL synchronous_commit = on")
+        target.execute(
+            "UPDATE schema_migration.run SET cutover_at = cutover_at WHERE target_schema = %s", (endpoints.target_schema,)
+        )
     target.execute(
-        "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (reverse_name(endpoints.target_schema),)
+        "SELECT pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())", (reverse_name(endpoints.target_schema),)
     )
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from migrations import engine, online, preflight
 from migrations.connection import Endpoints, describe
@@ -197,6 +198,40 @@ def test_a_cloud_sql_micro_instance_gives_what_its_25_connections_leave() -> Non
         "the target target.example:5432/db has 18 connections free"
         " (max_connections 25 - superuser_reserved_connections 3 - 4 in use)"
     )
+
+
+def test_a_role_or_database_connection_limit_binds_before_the_server_does() -> None:
+    """A Cloud SQL migration role is no superuser: its own CONNECTION LIMIT, or the database's, may be the tightest."""
+    role_bound = preflight.Room("target", "db.example:5432/shop", 100, 3, 0, 10, role_limit=5, role_in_use=2)
+    assert (role_bound.free, role_bound.why) == (
+        3,
+        "the target db.example:5432/shop lets the migration role open 3 more connections (its CONNECTION LIMIT 5 - 2 open)",
+    )
+    assert "ALTER ROLE ... CONNECTION LIMIT" in role_bound.fix
+    database_bound = preflight.Room("source", "db.example:5432/shared", 100, 3, 0, 10, 50, 2, database_limit=12, database_in_use=11)
+    assert database_bound.free == 1 and "database accepts 1 more connections (its CONNECTION LIMIT 12 - 11 open)" in database_bound.why
+    assert "ALTER DATABASE ... CONNECTION LIMIT" in database_bound.fix
+    assert preflight.Room("target", "db.example:5432/shop", 25, 3, 0, 4, role_limit=50).free == 18  # the server binds
+
+
+def test_the_connection_limits_are_read_for_a_role_that_is_no_superuser(lab: Lab, target_server) -> None:
+    target = lab.target()
+    database = conninfo_to_dict(target)["dbname"]
+    with psycopg.connect(target_server.conninfo(), autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS limited_migrator")
+        admin.execute("CREATE ROLE limited_migrator LOGIN PASSWORD 'limited' CONNECTION LIMIT 4")
+        admin.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 30").format(sql.Identifier(database)))
+    try:
+        target_server.add_password("limited_migrator", "limited")
+        with psycopg.connect(make_conninfo(target, user="limited_migrator")) as conn:
+            room = preflight.read_server(conn, "target", where(target)).room
+        assert (room.role_limit, room.role_in_use, room.free) == (4, 1, 3)
+        assert room.database_limit == 30 and room.database_in_use >= 1
+        assert "lets the migration role open 3 more connections (its CONNECTION LIMIT 4 - 1 open)" in room.why
+    finally:
+        with psycopg.connect(target_server.conninfo(), autocommit=True) as admin:
+            admin.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(sql.Identifier(database)))
+            admin.execute("DROP ROLE limited_migrator")
 
 
 # ====================================================================== 3. the report path

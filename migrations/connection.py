@@ -121,7 +121,8 @@ class _Lent(psycopg.Connection):
         self.close()
 
     def close(self) -> None:
-        if getattr(self, "_pool", None) and not self.closed and not self.broken:
+        broken = self.broken
+        if getattr(self, "_pool", None) and not self.closed and not broken:
             try:
                 if self.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
                     self.rollback()
@@ -130,6 +131,10 @@ class _Lent(psycopg.Connection):
             except psycopg.Error:
                 pass  # the pool discards a connection it cannot use
         super().close()
+        if broken:
+            # The pool drops a broken connection but leaves its socket open: a peer (a proxy) that
+            # waits for it to close would keep the server's session, its snapshot and its locks.
+            self.pgconn.finish()
 
 
 class KeptOpen:

@@ -33,6 +33,8 @@ from .errors import MigrationError
 MAX_LAG_BYTES = 64 * 1024 * 1024  # cutover refuses a larger backlog: its catch-up would run inside the freeze
 WORKER_ABSENT_SECONDS = 15.0  # an enabled subscription restarts its apply worker within 5 s (wal_retrieve_retry_interval)
 HEALTH_POLL_SECONDS = 0.2
+_MARKS = "schema_migration.cutover_mark"
+SLOT_RELEASE_SECONDS = 3.0  # how long a stopped subscription's slot may stay in use before it is peeked
 PEEKED_CHANGES = 1000  # decoded at most (whole transactions) to name the tables apply stopped at
 
 _HEALTH = """
@@ -111,6 +113,12 @@ def diagnose(
 
 def stopped_at(source: psycopg.Connection, slot: str, publication: str) -> list[str]:
     """The tables the first transaction not yet applied writes, peeked from the (inactive) slot; [] if it cannot tell."""
+    # The walsender of a subscription that just stopped lets go of the slot a moment later.
+    released_by = time.monotonic() + SLOT_RELEASE_SECONDS
+    while time.monotonic() < released_by and source.execute(
+        "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s AND active)", (slot,)
+    ).fetchone()[0]:
+        time.sleep(HEALTH_POLL_SECONDS / 4)
     try:
         rows = source.execute(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', 'publication_names', %s)",
@@ -119,15 +127,17 @@ def stopped_at(source: psycopg.Connection, slot: str, publication: str) -> list[
     except psycopg.Error:
         source.rollback()  # the slot is in use again, or the role may not decode: the log still has it
         return []
+    # The slot's confirmed position trails what was applied: skip the engine's own catch-up marks.
     tables: list[str] = []
     for (data,) in rows:
         message = bytes(data)
         if message[:1] == b"C":
-            break
-        if message[:1] == b"R":  # pgoutput: 'R', relation oid (4 bytes), namespace\0, name\0, ...
+            if tables:
+                break
+        elif message[:1] == b"R":  # pgoutput: 'R', relation oid (4 bytes), namespace\0, name\0, ...
             namespace, name = message[5:].split(b"\0")[:2]
             table = f"{namespace.decode()}.{name.decode()}"
-            if table not in tables:
+            if table != _MARKS and table not in tables:
                 tables.append(table)
     return tables
 

@@ -103,29 +103,6 @@ def test_a_table_without_a_primary_key_is_refused_before_any_write(shared_source
         assert conn.execute("SELECT to_regnamespace('onboarding') IS NULL").fetchone()[0]
 
 
-def test_the_freeze_window_stays_flat_as_data_grows(source_server, target_server, service_roles, new_database, capsys):
-    """Offline, writes stop for the whole copy; online, only for the catch-up and the verification."""
-    windows = {}
-    for scale in (300, 1200):  # 4x the rows
-        source = new_database(source_server, f"shared_{scale}")
-        with psycopg.connect(source, autocommit=True) as conn:
-            create_shared_source(conn, ROOT / "sql")
-            rows = sum(fill_shared_source(conn, scale=scale, seed=5).values())
-        measured = []
-        for _ in range(3):  # the median of three cutovers, each into a fresh database
-            endpoints = endpoints_for(ONBOARDING, source, new_database(target_server, f"onboarding_{scale}"))
-            online.sync(endpoints, init_sql=ONBOARDING.init_sql)
-            measured.append(online.cutover(endpoints).freeze_window_seconds)
-            online.rollback(endpoints)  # the source takes writes again
-        windows[rows] = statistics.median(measured)
-
-    (small_rows, small), (large_rows, large) = sorted(windows.items())
-    with capsys.disabled():
-        print(f"\nfreeze window: {small:.3f} s at {small_rows:,} rows, {large:.3f} s at {large_rows:,} rows ({large / small:.2f}x)")
-    assert large_rows >= 4 * small_rows * 0.95
-    assert large < 2 * small
-
-
 def test_a_database_rolled_back_without_the_way_back_is_not_migrated_into_again(shared_source, service_target):
     target = service_target(ONBOARDING)
     endpoints = endpoints_for(ONBOARDING, shared_source, target)

@@ -1,8 +1,7 @@
-"""Online mode on real servers: a live writer, cutover, the freeze window, rollback, cleanup."""
+"""Online mode on real servers: a live writer, cutover, rollback, cleanup (the window: tests/bench/test_window.py)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import psycopg
@@ -13,8 +12,7 @@ from migrations import lifecycle, online, reverse
 from migrations.errors import MigrationError
 from migrations.freeze import unfrozen_tables
 from migrations.rehearsal.writer import LiveWriter
-from migrations.rehearsal.sample_data import create_shared_source, fill_shared_source
-from tests.support import ROOT, SERVICES, endpoints_for, table_rows
+from tests.support import SERVICES, endpoints_for, table_rows
 
 ONBOARDING = next(s for s in SERVICES if s.schema == "onboarding")
 

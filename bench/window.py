@@ -64,11 +64,13 @@ class RateWriter(threading.Thread):
         ).format(s)
         update = sql.SQL("UPDATE {}.partners SET name = %s WHERE id = %s RETURNING id").format(s)
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            # The smallest schema has fewer than 500 partners: update only those there are.
+            (partners,) = conn.execute(sql.SQL("SELECT least(count(*), 500) FROM {}.partners").format(s)).fetchone()
             n = 0
             while not self._done.wait(1 / self.rate):
                 n += 1
                 token = f"w{n}"
-                for table, statement, params in (("events", insert, (token,)), ("partners", update, (token, 1 + n % 500))):
+                for table, statement, params in (("events", insert, (token,)), ("partners", update, (token, 1 + n % partners))):
                     try:
                         (key,) = conn.execute(statement, params).fetchone()
                         self.acknowledged.append((table, key, token))

@@ -34,7 +34,7 @@ from .connection import Endpoints
 from .errors import FreezeNotAcquired, MigrationError
 from .freeze import FREEZE_WAIT_SECONDS, freeze, unfreeze
 from .replication_health import ReplicationBroken
-from .replication import drop_slot, peer_conninfo
+from .replication import drop_slot, peer_conninfo, remove, subscription_exists
 from .sequences import carry_sequences
 from .verify import verify_schema
 
@@ -380,17 +380,7 @@ def finalize(endpoints: Endpoints) -> str:
 
 def stop_replication(endpoints: Endpoints) -> None:
     """Remove the subscription, the replication slot and the publication, wherever they are. Idempotent."""
-    name = replication_name(endpoints.target_schema)
-    with endpoints.connect_target(autocommit=True) as target:
-        if _subscription_exists(target, endpoints.target_schema):
-            subscription = sql.Identifier(name)
-            # Detach the slot first, so dropping needs no connection to the source.
-            target.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(subscription))
-            target.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(subscription))
-            target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(subscription))
-    with endpoints.connect_source(autocommit=True) as source:
-        drop_slot(source, name)
-        source.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+    remove(endpoints.connect_target, endpoints.connect_source, replication_name(endpoints.target_schema))
 
 
 def _lock(conn: psycopg.Connection, endpoints: Endpoints) -> None:
@@ -412,9 +402,7 @@ def _publish(source: psycopg.Connection, endpoints: Endpoints, tables: list[str]
 
 
 def _subscription_exists(conn: psycopg.Connection, schema: str) -> bool:
-    return conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_subscription WHERE subname = %s)", (replication_name(schema),)
-    ).fetchone()[0]
+    return subscription_exists(conn, replication_name(schema))
 
 
 def _subscribe(

@@ -28,7 +28,7 @@ from . import state
 from .catalog import read_catalog
 from .connection import Endpoints
 from .errors import MigrationError
-from .replication import drop_slot, peer_conninfo
+from .replication import peer_conninfo, remove, subscription_exists
 
 log = logging.getLogger(__name__)
 
@@ -139,21 +139,9 @@ def start(endpoints: Endpoints) -> None:
 
 
 def exists(source: psycopg.Connection, endpoints: Endpoints) -> bool:
-    return source.execute(
-        "SELECT EXISTS (SELECT FROM pg_subscription WHERE subname = %s)", (reverse_name(endpoints.target_schema),)
-    ).fetchone()[0]
+    return subscription_exists(source, reverse_name(endpoints.target_schema))
 
 
 def drop(endpoints: Endpoints) -> None:
     """Remove the subscription, its slot and the publication. Idempotent."""
-    name = reverse_name(endpoints.target_schema)
-    with endpoints.connect_source(autocommit=True) as source:
-        if exists(source, endpoints):
-            subscription = sql.Identifier(name)
-            # Detach the slot first, so dropping needs no connection to the new database.
-            source.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(subscription))
-            source.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(subscription))
-            source.execute(sql.SQL("DROP SUBSCRIPTION {}").format(subscription))
-    with endpoints.connect_target(autocommit=True) as target:
-        drop_slot(target, name)
-        target.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+    remove(endpoints.connect_source, endpoints.connect_target, reverse_name(endpoints.target_schema))

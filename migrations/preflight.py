@@ -104,22 +104,15 @@ class Room:
             f" - superuser_reserved_connections {self.superuser_reserved}{reserved} - {self.in_use} in use)",
             "close idle sessions there or raise max_connections (on Cloud SQL: the database flag max_connections)",
         )]
-        if self.role_limit is not None:
-            role_free = self.role_limit - self.role_in_use
-            limits.append((
-                role_free,
-                f"lets the migration role open {max(role_free, 0)} more connections (its CONNECTION LIMIT"
-                f" {self.role_limit} - {self.role_in_use} open)",
-                "close the role's idle sessions there or raise its limit (ALTER ROLE ... CONNECTION LIMIT)",
-            ))
-        if self.database_limit is not None:
-            database_free = self.database_limit - self.database_in_use
-            limits.append((
-                database_free,
-                f"database accepts {max(database_free, 0)} more connections (its CONNECTION LIMIT"
-                f" {self.database_limit} - {self.database_in_use} open)",
-                "close idle sessions of that database or raise its limit (ALTER DATABASE ... CONNECTION LIMIT)",
-            ))
+        for limit, in_use, room, fix in (
+            (self.role_limit, self.role_in_use, "lets the migration role open {} more connections",
+             "close the role's idle sessions there or raise its limit (ALTER ROLE ... CONNECTION LIMIT)"),
+            (self.database_limit, self.database_in_use, "database accepts {} more connections",
+             "close idle sessions of that database or raise its limit (ALTER DATABASE ... CONNECTION LIMIT)"),
+        ):
+            if limit is not None:
+                free = limit - in_use
+                limits.append((free, f"{room.format(max(free, 0))} (its CONNECTION LIMIT {limit} - {in_use} open)", fix))
         return min(limits, key=lambda limit: limit[0])
 
 

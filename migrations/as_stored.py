@@ -14,7 +14,7 @@ superuser, no ``session_replication_role``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -63,6 +63,16 @@ class Guards:
             return cls(schema, by_table, frozenset(name for (name,) in forced.fetchall()))
 
 
+def forcing(schema: str, tables: Iterable[str], force: bool) -> list[sql.Composed]:
+    """``ALTER TABLE ... [NO] FORCE ROW LEVEL SECURITY`` for each of ``tables`` (which the role owns).
+
+    The engine reads and loads its own tables with their FORCEd policies
+    lifted, in a transaction that puts them back (or is rolled back).
+    """
+    change = sql.SQL("FORCE" if force else "NO FORCE")
+    return [sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(sql.Identifier(schema, t), change) for t in tables]
+
+
 @contextmanager
 def loading(cur: psycopg.Cursor, guards: Guards, table: str) -> Iterator[None]:
     """Inside the load's transaction: no user trigger fires and no policy applies to ``table`` until the block ends.
@@ -80,8 +90,8 @@ def lift(cur: psycopg.Cursor, guards: Guards, table: str) -> None:
         cur.execute(
             sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(sql.Identifier(schema, relation), sql.Identifier(trigger))
         )
-    if table in guards.forced:
-        cur.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(guards.schema, table)))
+    for statement in forcing(guards.schema, {table} & guards.forced, force=False):
+        cur.execute(statement)
 
 
 def put_back(cur: psycopg.Cursor, guards: Guards, table: str) -> None:
@@ -92,8 +102,8 @@ def put_back(cur: psycopg.Cursor, guards: Guards, table: str) -> None:
                 sql.Identifier(schema, relation), sql.SQL(_ENABLE[enabled]), sql.Identifier(trigger)
             )
         )
-    if table in guards.forced:
-        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(sql.Identifier(guards.schema, table)))
+    for statement in forcing(guards.schema, {table} & guards.forced, force=True):
+        cur.execute(statement)
 
 
 @contextmanager

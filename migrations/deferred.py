@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from . import state
+from . import as_stored, state
 from .parallel import stopping
 from .state import DeferredObject
 
@@ -184,11 +184,10 @@ class _Target:
         statements = [sql.SQL(k.definition) for k in keys if not self.exists(k)]
         if not statements:
             return []
-        forced = [sql.Identifier(self.schema, table) for table in self.forced]
         return (
-            [sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(t) for t in forced]
+            as_stored.forcing(self.schema, self.forced, force=False)
             + statements
-            + [sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(t) for t in forced]
+            + as_stored.forcing(self.schema, self.forced, force=True)
         )
 
 

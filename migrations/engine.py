@@ -343,8 +343,8 @@ def hand_over(cur: psycopg.Cursor, schema: str, service_user: str, policed: Sequ
     _grant(cur, schema, service_user)
     privileges.hand_over(cur, schema, service_user)
     large_objects.hand_over(cur, schema, service_user)
-    for table in policed:
-        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, table)))
+    for statement in as_stored.forcing(schema, policed, force=True):
+        cur.execute(statement)
     privileges.verify(cur, schema, service_user)
 
 
@@ -456,18 +456,17 @@ def _holding_rows(cur: psycopg.Cursor, schema: str, tables: list[Table]) -> list
     """Which of ``tables`` hold rows on the target: one question for all of them, under any FORCEd policy lifted."""
     if not tables:
         return []
-    forced = as_stored.Guards.read(cur.connection, schema).forced
-    lifted = [sql.Identifier(schema, t.name) for t in tables if t.name in forced]
-    for table in lifted:
-        cur.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(table))
+    forced = [t.name for t in tables if t.name in as_stored.Guards.read(cur.connection, schema).forced]
+    for statement in as_stored.forcing(schema, forced, force=False):
+        cur.execute(statement)
     cur.execute(
         sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(t.name), t.own_rows(schema)) for t in tables
         )
     )
     held = [name for (name,) in cur.fetchall()]
-    for table in lifted:
-        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table))
+    for statement in as_stored.forcing(schema, forced, force=True):
+        cur.execute(statement)
     return held
 
 

@@ -29,11 +29,12 @@ import psycopg
 from .catalog import compare, read_catalog
 from .connection import Endpoints
 from .errors import MigrationError
+from .state import STATE_SCHEMA
 
 MAX_LAG_BYTES = 64 * 1024 * 1024  # cutover refuses a larger backlog: its catch-up would run inside the freeze
 WORKER_ABSENT_SECONDS = 15.0  # an enabled subscription restarts its apply worker within 5 s (wal_retrieve_retry_interval)
 HEALTH_POLL_SECONDS = 0.2
-_MARKS = "schema_migration.cutover_mark"
+_MARKS = f"{STATE_SCHEMA}.cutover_mark"  # the engine's own catch-up marks
 SLOT_RELEASE_SECONDS = 3.0  # how long a stopped subscription's slot may stay in use before it is peeked
 PEEKED_CHANGES = 1000  # decoded at most (whole transactions) to name the tables apply stopped at
 

@@ -34,7 +34,7 @@ from graphlib import TopologicalSorter
 import psycopg
 from psycopg import sql
 
-from . import large_objects
+from . import as_stored, large_objects
 from .catalog import Table, own_rows
 from .connection import Endpoints
 from .parallel import run_all, stopping
@@ -376,8 +376,8 @@ def _checksums(
     cursors: dict[str, psycopg.Cursor] = {}
     with conn.pipeline(), conn.transaction(force_rollback=True):
         if side == "target":
-            for name in sorted(name for name, forced in readable.items() if forced):
-                conn.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, name)))
+            for statement in as_stored.forcing(schema, sorted(name for name, forced in readable.items() if forced), force=False):
+                conn.execute(statement)
         for relation in relations:
             if relation.name in readable:
                 cursors[relation.name] = conn.execute(_checksum_query(schema, relation, method, side))

@@ -26,6 +26,7 @@ from migrations.connection import Endpoints
 from migrations.rehearsal.localserver import LocalServer
 from tests.public_schemas import compare, generate
 from tests.public_schemas.clients import dump_schema, load_schema_file, refresh_materialized_views
+from tests.shapes import Lab, assert_frozen, migration_role
 from tests.support import ROOT, create_database, drop_database
 
 SCHEMA = "public"
@@ -127,6 +128,26 @@ def test_pagila_is_copied_row_for_row_with_partitions_triggers_and_its_materiali
             " VALUES (1, 1, 1, 1.00, '2022-03-15 12:00+00') RETURNING payment_id"
         ).fetchone()
         assert new_payment > expected.highest_drawn["payment_payment_id_seq"]
+
+
+def test_pagila_is_copied_by_a_migration_role_that_is_no_superuser(
+    source_server: LocalServer, target_server: LocalServer, pagila_template: str
+) -> None:
+    """As on Cloud SQL: the role reads the shared instance and freezes it (SELECT, TRIGGER, CREATE on the
+    database), nothing more; no LOCK TABLE, no ownership of the service's tables."""
+    lab = Lab(source_server, target_server)
+    try:
+        source = lab.database(source_server, "pagila_role", pagila_template)
+        target = lab.target()
+        dump = dump_schema(source_server.bindir, source, SCHEMA)
+        expected = compare.read(source, SCHEMA)
+
+        engine.migrate(Endpoints(migration_role(lab, source, SCHEMA), SCHEMA, target, SCHEMA), init_sql=dump, jobs=2)
+
+        assert compare.differences(expected, compare.read(target, SCHEMA, expected.relations)) == []
+        assert_frozen(source, SCHEMA)
+    finally:
+        lab.close()
 
 
 # ------------------------------------------------------------------ Chinook

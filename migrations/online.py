@@ -239,6 +239,7 @@ def cutover(
                     verify_seconds += time.monotonic() - checked
                 if report.mismatched:
                     raise MigrationError("copy differs after catch-up in " + ", ".join(report.mismatched))
+                _stop_applying(lock_holder, endpoints, timeout)
                 reverse.skip_replicated(lock_holder, endpoints)
                 with target.transaction(), target.cursor() as cur:
                     state.record_cutover(cur, endpoints.target_schema)
@@ -267,6 +268,24 @@ def cutover(
             report.duration_seconds = round(time.monotonic() - started, 3)
             state.record_verification(cur, endpoints.target_schema, report.to_dict())
     return report
+
+
+def _stop_applying(target: psycopg.Connection, endpoints: Endpoints, timeout: float) -> None:
+    """Disable the forward subscription, caught up with the frozen source, and wait for its workers to exit.
+
+    From here on nothing but the switch writes to the new database: an apply
+    worker still about could commit after the way back's slot is moved (and
+    be sent back), or hold a table's lock while the switch hands it over.
+    """
+    name = replication_name(endpoints.target_schema)
+    target.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(name)))
+    deadline = time.monotonic() + timeout
+    while target.execute(
+        "SELECT EXISTS (SELECT FROM pg_stat_subscription WHERE subname = %s AND pid IS NOT NULL)", (name,)
+    ).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise MigrationError(f"the subscription on {endpoints.target_identity} did not stop within {timeout:.0f} s")
+        time.sleep(POLL_SECONDS)
 
 
 def _finish_switch(endpoints: Endpoints) -> None:

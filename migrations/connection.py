@@ -199,6 +199,29 @@ def cancel_running() -> None:
                 pass  # that connection's server is gone already: nothing runs there
 
 
+@contextmanager
+def one_round_trip(conn: psycopg.Connection) -> Iterator[psycopg.Cursor]:
+    """A transaction of statements that need no answer, sent and committed in one round trip; rolled back on an error.
+
+    psycopg's own ``transaction()`` waits for its ``BEGIN`` to be answered,
+    even in a pipeline, and so does its ``commit()``; on an ``autocommit``
+    connection the block's ``BEGIN`` and ``COMMIT`` are statements of the
+    pipeline like the others. A statement whose rows are fetched inside the
+    block costs a round trip of its own, and stays in the transaction.
+    """
+    if not conn.autocommit:
+        raise psycopg.ProgrammingError("one_round_trip needs an autocommit connection")
+    try:
+        with conn.pipeline(), conn.cursor() as cur:
+            cur.execute("BEGIN")
+            yield cur
+            cur.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and not conn.broken:
+            conn.rollback()
+        raise
+
+
 def one_line(error: Exception) -> str:
     """A server or libpq error folded onto one line."""
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

@@ -1,10 +1,13 @@
 """The copy: every table streamed from one source snapshot into the target.
 
-Each table moves in one target transaction that empties it, loads it with
+Each table moves in a target transaction that empties it, loads it with
 ``COPY ... FROM STDIN (FREEZE)`` fed straight from the source's ``COPY ... TO
 STDOUT``, and records it as copied. A run killed mid-table therefore leaves the
-table empty and unrecorded, and the next run copies it again. Rows pass through
-this process in fixed-size blocks, so memory stays flat whatever the table size.
+table empty and unrecorded, and the next run copies it again. Small tables
+share their transaction with a few others (a batch): over a slow link the
+statements around each COPY, not the rows, would cost the most, and a batch
+sends them in two round trips for all its tables. Rows pass through this
+process in fixed-size blocks, so memory stays flat whatever the table size.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import psycopg
-from psycopg import IsolationLevel, sql
+from psycopg import sql
 
 from . import as_stored, deferred, state
 from .catalog import Table
@@ -30,6 +33,11 @@ log = logging.getLogger(__name__)
 
 WRITE_BLOCK = 128 * 1024  # psycopg's largest single libpq write
 PROGRESS_EVERY = 8 * 1024 * 1024
+
+# A table below this size is loaded in a batch with other small ones, up to
+# BATCH_TABLES of them; a larger table is a batch of its own.
+BATCH_BYTES = 8 << 20
+BATCH_TABLES = 8
 
 
 @dataclass(frozen=True)
@@ -87,24 +95,23 @@ def copy_tables(
 
     Each worker keeps one source connection (the snapshot imported once, in
     one read-only transaction) and one target connection (one transaction per
-    table) and takes the next table, largest first, from a shared queue: no
+    batch) and takes the next batch, largest first, from a shared queue: no
     connection is opened per table, which matters for schemas of many small
-    tables and for servers reached over TLS. Once no table is left to start, a
+    tables and for servers reached over TLS. Once no batch is left to start, a
     free worker builds the indexes and keys of the tables already loaded (see
     ``deferred.restore_table``) while the last, largest ones still load.
     """
     if not tables:
         return []
-    with endpoints.connect_source() as coordinator:
+    with endpoints.connect_source(autocommit=True) as coordinator:
         # The exporting transaction must stay open until every worker has imported the snapshot.
-        coordinator.isolation_level = IsolationLevel.REPEATABLE_READ
-        coordinator.read_only = True
-        with coordinator.pipeline():  # its BEGIN with it
+        with coordinator.pipeline():
+            coordinator.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
-        queue = list(reversed(largest_first))
+        queue = list(reversed(_batches(largest_first, jobs)))
         loaded: list[Table] = []  # copied, their indexes not yet built
-        copying = [0]  # tables being copied right now
+        copying = [0]  # batches being copied right now
         results: dict[str, TableCopy] = {}
         lock, failed = threading.Lock(), threading.Event()
 
@@ -114,26 +121,27 @@ def copy_tables(
                 while not failed.is_set() and not stopping():
                     with lock:
                         if queue:
-                            table, copy = queue.pop(), True
+                            batch, copy = queue.pop(), True
                             copying[0] += 1
                         elif loaded and copying[0]:
                             # Nothing left to start copying: build the indexes of a
                             # table already loaded while the last ones still load.
                             # Once none loads, deferred.restore builds the rest in parallel.
-                            table, copy = loaded.pop(0), False
+                            batch, copy = [loaded.pop(0)], False
                         else:
                             return
                     try:
                         if connections is None:
                             connections = _open(endpoints, snapshot)
                         if copy:
-                            results[table.name] = _copy_table(endpoints, *connections, guards, table, observer)
+                            for result in _load(endpoints, *connections, guards, batch, observer):
+                                results[result.table] = result
                             with lock:
                                 copying[0] -= 1
-                                loaded.append(table)
+                                loaded.extend(batch)
                                 loaded.sort(key=lambda t: -t.size_bytes)
                         else:
-                            _restore_table(endpoints, connections[1], table)
+                            _restore_table(endpoints, connections[1], batch[0])
                     except BaseException:
                         failed.set()
                         raise
@@ -141,8 +149,20 @@ def copy_tables(
                 for conn in connections or ():
                     conn.close()
 
-        run_all(jobs, [worker for _ in largest_first])
+        run_all(jobs, [worker for _ in queue])
     return [results[t.name] for t in largest_first]
+
+
+def _batches(largest_first: list[Table], jobs: int) -> list[list[Table]]:
+    """The tables grouped into batches: each large table alone, the small ones a few together.
+
+    Small batches keep every worker busy to the end: at least two per job
+    when there are tables enough.
+    """
+    large = [[t] for t in largest_first if t.size_bytes >= BATCH_BYTES]
+    small = [t for t in largest_first if t.size_bytes < BATCH_BYTES]
+    size = max(1, min(BATCH_TABLES, -(-len(small) // (2 * jobs))))
+    return large + [small[n : n + size] for n in range(0, len(small), size)]
 
 
 def _restore_table(endpoints: Endpoints, target: psycopg.Connection, table: Table) -> None:
@@ -157,72 +177,58 @@ def _restore_table(endpoints: Endpoints, target: psycopg.Connection, table: Tabl
 
 def _open(endpoints: Endpoints, snapshot: str) -> tuple[psycopg.Connection, psycopg.Connection]:
     """A source connection inside ``snapshot`` and a target connection."""
-    source = endpoints.connect_source()
+    source = endpoints.connect_source(autocommit=True)
     try:
-        source.isolation_level = IsolationLevel.REPEATABLE_READ
-        source.read_only = True
-        with source.pipeline():  # its BEGIN with it
+        with source.pipeline():
+            source.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        target = endpoints.connect_target()
+        target = endpoints.connect_target(autocommit=True)
     except BaseException:
         source.close()
         raise
     return source, target
 
 
-def _copy_table(
+def _load(
     endpoints: Endpoints,
     source: psycopg.Connection,
     target: psycopg.Connection,
     guards: as_stored.Guards,
-    table: Table,
+    batch: list[Table],
     observer: CopyObserver,
-) -> TableCopy:
-    """One table in one target transaction: five round trips to the target, one to the source, and the data."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, table.copied_columns))
-    format_ = sql.SQL("binary" if table.binary_copy else "text")
-    source_table = table.own_rows(endpoints.source_schema)
-    target_table = table.own_rows(endpoints.target_schema)
-    # FREEZE writes the rows already visible to all, sparing the target a
-    # rewrite of every page at its first vacuum; partitioned tables refuse it.
-    options = sql.SQL("FORMAT {}, FREEZE").format(format_) if not table.partitioned else sql.SQL("FORMAT {}").format(format_)
+) -> list[TableCopy]:
+    """The tables of ``batch`` in one target transaction: two round trips to the target, and three a table.
 
-    observer.started(table)
-    started = time.monotonic()
+    The statements before the COPYs (lock, lift the guards, empty) go in one
+    pipeline, those after them (put the guards back, record, commit) in another.
+    """
+    results: list[TableCopy] = []
+    table = batch[0]  # what an error names
     watch = _Watchdog(endpoints, source, target)
     try:
-        with target.cursor() as cur, source.cursor() as out_cur:
-            with target.pipeline():
-                cur.execute("SET LOCAL synchronous_commit = off")
+        with target.pipeline(), target.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SET LOCAL synchronous_commit = off")
+            for table in batch:
+                target_table = table.own_rows(endpoints.target_schema)
                 cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
                 as_stored.lift(cur, guards, table.name)
-                cur.execute(_truncate_if_empty(cur, target_table))
-            bytes_ = _stream(
-                watch,
-                out_cur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(columns, source_table, format_)),
-                cur.copy(
-                    sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
-                        sql.Identifier(endpoints.target_schema, table.name), columns, options
-                    )
-                ),
-                lambda rows, sent: observer.advanced(table, rows, sent),
-            )
-            loaded = cur.rowcount
-            if loaded != out_cur.rowcount:
-                raise MigrationError(f"copy of {table.name} wrote {loaded} rows but the source sent {out_cur.rowcount}")
-            result = TableCopy(table.name, loaded, bytes_, time.monotonic() - started)
-            with target.pipeline():
-                as_stored.put_back(cur, guards, table.name)
-                state.record_copy(cur, endpoints.target_schema, table.name, result.rows, result.bytes, result.seconds)
-                target.commit()
+                cur.execute(_truncate_if_empty(cur, target_table, table.name))
+        for table in batch:
+            results.append(_copy_table(endpoints, source, target, watch, table, observer))
+        with target.pipeline(), target.cursor() as cur:
+            for result in results:
+                as_stored.put_back(cur, guards, result.table)
+                state.record_copy(cur, endpoints.target_schema, result.table, result.rows, result.bytes, result.seconds)
+            cur.execute("COMMIT")
     except BaseException as error:
-        if not target.closed:
+        if not target.closed and not target.broken:
             target.rollback()
         sides = (("source", source, endpoints.source_identity), ("target", target, endpoints.target_identity))
         if isinstance(error, psycopg.Error) and error.sqlstate == _HOLDS_ROWS:
             raise ForeignRows(
-                f"target table {endpoints.target_schema}.{table.name} holds rows this engine did not write;"
-                " refusing to overwrite them"
+                f"target table {endpoints.target_schema}.{error.diag.message_primary} holds rows this engine did not"
+                " write; refusing to overwrite them"
             ) from None
         if watch.stalled:
             where = next(where for name, _, where in sides if name == watch.stalled)
@@ -235,25 +241,62 @@ def _copy_table(
             broken = [f" on the {name} {where}" for name, conn, where in sides if conn.broken]
             raise MigrationError(f"copy of table {table.name} failed{''.join(broken[:1])}: {one_line(error)}") from None
         raise
-    observer.finished(table, result)
-    return result
+    for result, table in zip(results, batch):
+        observer.finished(table, result)
+    return results
+
+
+def _copy_table(
+    endpoints: Endpoints,
+    source: psycopg.Connection,
+    target: psycopg.Connection,
+    watch: _Watchdog,
+    table: Table,
+    observer: CopyObserver,
+) -> TableCopy:
+    """Stream one table's rows from the source's COPY into the target's, inside the batch's transaction."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, table.copied_columns))
+    format_ = sql.SQL("binary" if table.binary_copy else "text")
+    # FREEZE writes the rows already visible to all, sparing the target a
+    # rewrite of every page at its first vacuum; partitioned tables refuse it.
+    options = sql.SQL("FORMAT {}, FREEZE").format(format_) if not table.partitioned else sql.SQL("FORMAT {}").format(format_)
+    observer.started(table)
+    started = time.monotonic()
+    with target.cursor() as cur, source.cursor() as out_cur:
+        bytes_ = _stream(
+            watch,
+            out_cur.copy(
+                sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(
+                    columns, table.own_rows(endpoints.source_schema), format_
+                )
+            ),
+            cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+                    sql.Identifier(endpoints.target_schema, table.name), columns, options
+                )
+            ),
+            lambda rows, sent: observer.advanced(table, rows, sent),
+        )
+        if cur.rowcount != out_cur.rowcount:
+            raise MigrationError(f"copy of {table.name} wrote {cur.rowcount} rows but the source sent {out_cur.rowcount}")
+        return TableCopy(table.name, cur.rowcount, bytes_, time.monotonic() - started)
 
 
 # Raised by the load's emptiness check (a class of SQLSTATE no server uses).
 _HOLDS_ROWS = "HX001"
 
 
-def _truncate_if_empty(cur: psycopg.Cursor, table: sql.Composable) -> sql.Composed:
-    """Empty ``table`` for the load (``COPY FREEZE`` needs it truncated) unless it holds rows: then raise.
+def _truncate_if_empty(cur: psycopg.Cursor, table: sql.Composable, name: str) -> sql.Composed:
+    """Empty ``table`` for the load (``COPY FREEZE`` needs it truncated) unless it holds rows: then raise, naming it.
 
     A statement that decides on the server, so it needs no answer and rides
     in the load's pipeline; the rows of a table this engine did not write are
     never truncated.
     """
     body = sql.SQL(
-        "BEGIN IF EXISTS (SELECT FROM {table}) THEN RAISE EXCEPTION 'holds rows' USING ERRCODE = {code}; END IF;"
+        "BEGIN IF EXISTS (SELECT FROM {table}) THEN RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = {name}; END IF;"
         " TRUNCATE {table}; END"
-    ).format(table=table, code=sql.Literal(_HOLDS_ROWS))
+    ).format(table=table, code=sql.Literal(_HOLDS_ROWS), name=sql.Literal(name))
     return sql.SQL("DO {}").format(sql.Literal(body.as_string(cur)))
 
 
@@ -301,15 +344,17 @@ class _Watchdog:
         self.seconds = network_timeout()
         self.stalled = ""  # "source" or "target", once it broke that connection
         self._sides = {"source": (source, endpoints.connect_source), "target": (target, endpoints.connect_target)}
-        self._lock, self._done = threading.Lock(), threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="copy watchdog", daemon=True)
+        self._lock = threading.Lock()
 
     def waiting_on(self, side: str) -> None:
         """A block just moved; the next one waits on ``side``."""
         self._waiting = (side, time.monotonic())
 
     def __enter__(self) -> _Watchdog:
+        """Watch one stream (a batch's tables are streamed one after the other under the same watchdog)."""
         self.waiting_on("source")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="copy watchdog", daemon=True)
         self._thread.start()
         return self
 

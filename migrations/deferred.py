@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from . import as_stored, state
+from .connection import one_round_trip
 from .parallel import stopping
 from .state import DeferredObject
 
@@ -208,7 +209,7 @@ def _whole_tables(target: _Target, objects: list[DeferredObject]) -> tuple[list[
 
 
 def restore(
-    connect_target: Callable[[], psycopg.Connection],
+    connect_target: Callable[..., psycopg.Connection],
     target_schema: str,
     run_in_parallel: Callable[[list[Callable[[], None]]], None],
 ) -> int:
@@ -265,10 +266,9 @@ def restore_table(conn: psycopg.Connection, target_schema: str, table: str) -> i
     whatever is left. Returns how many objects it rebuilt.
     """
     target = _Target.read(conn, target_schema)
-    conn.commit()
     objects = [o for o in target.pending if o.table == table and o.kind != "foreign key"]
     if objects:
-        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        with one_round_trip(conn) as cur:
             _set_maintenance_work_mem(cur)
             _step(target_schema, *_whole_tables(target, objects))(cur)
     return len(objects)
@@ -304,15 +304,15 @@ def forget_undeclared(cur: psycopg.Cursor, schema: str, declared: set[str]) -> l
 
 
 def run_queue(
-    connect_target: Callable[[], psycopg.Connection],
+    connect_target: Callable[..., psycopg.Connection],
     run_in_parallel: Callable[[list[Callable[[], None]]], object],
     steps: list[Callable[[psycopg.Cursor], None]],
 ) -> None:
     """Run ``steps`` (each in its own transaction, pipelined) on as many connections as ``run_in_parallel`` allows.
 
-    Each worker keeps one connection and takes the next step from a shared
-    queue, so steps start in the order given and no connection is opened per
-    step.
+    Each worker keeps one connection (``connect_target(autocommit=True)``)
+    and takes the next step from a shared queue, so steps start in the order
+    given and no connection is opened per step.
     """
     queue = list(reversed(steps))
     lock, failed = threading.Lock(), threading.Event()
@@ -326,10 +326,10 @@ def run_queue(
                         return
                     step = queue.pop()
                 if conn is None:
-                    conn = connect_target()
+                    conn = connect_target(autocommit=True)
                 try:
-                    # Pipelined: a step whose statements need no answer costs one round trip.
-                    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                    # A step whose statements need no answer costs one round trip.
+                    with one_round_trip(conn) as cur:
                         _set_maintenance_work_mem(cur)
                         step(cur)
                 except BaseException:

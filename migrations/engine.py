@@ -456,7 +456,8 @@ def _holding_rows(cur: psycopg.Cursor, schema: str, tables: list[Table]) -> list
     """Which of ``tables`` hold rows on the target: one question for all of them, under any FORCEd policy lifted."""
     if not tables:
         return []
-    forced = [t.name for t in tables if t.name in as_stored.Guards.read(cur.connection, schema).forced]
+    guarded = as_stored.Guards.read(cur.connection, schema).forced
+    forced = [t.name for t in tables if t.name in guarded]
     for statement in as_stored.forcing(schema, forced, force=False):
         cur.execute(statement)
     cur.execute(

@@ -16,6 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from .connection import one_round_trip
+
 STATE_SCHEMA = "schema_migration"
 OFFLINE, ONLINE = "offline", "online"
 
@@ -117,9 +119,9 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
     """
     try:
         # The wait bounded for this statement only; a session lock outlives the transaction. One round trip.
-        with conn.pipeline(), conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_seconds}s")))
-            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{STATE_SCHEMA}:{target_schema}",))
+        with one_round_trip(conn) as cur:
+            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{wait_seconds}s")))
+            cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{STATE_SCHEMA}:{target_schema}",))
     except psycopg.errors.LockNotAvailable:
         return False
     return True

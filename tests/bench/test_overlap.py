@@ -25,14 +25,14 @@ def source(source_server, new_database) -> str:
 
 def _slow_largest_table(monkeypatch) -> None:
     """Hold the largest table back, so the other worker runs out of tables and builds indexes meanwhile."""
-    real = copy_module._copy_table
+    real = copy_module._load
 
-    def slow(endpoints, source, target, guards, table, observer):
-        if table.name == "events":
+    def slow(endpoints, source, target, guards, batch, observer):
+        if any(table.name == "events" for table in batch):
             time.sleep(0.5)
-        return real(endpoints, source, target, guards, table, observer)
+        return real(endpoints, source, target, guards, batch, observer)
 
-    monkeypatch.setattr(copy_module, "_copy_table", slow)
+    monkeypatch.setattr(copy_module, "_load", slow)
 
 
 def test_a_run_failing_during_an_overlapping_index_build_converges(source, target_server, new_database, monkeypatch):

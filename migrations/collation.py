@@ -66,9 +66,10 @@ class Locale:
         return f"{self.collate} ({self.provider})"
 
 
-def refuse_collation_change(source: psycopg.Connection, target: psycopg.Connection, endpoints: Endpoints) -> None:
+def refuse_collation_change(
+    source: psycopg.Connection, source_locale: Locale, target_locale: Locale, endpoints: Endpoints
+) -> None:
     """Raise CollationMismatch when the defaults differ and the source schema has key columns that use it."""
-    source_locale, target_locale = Locale.of(source), Locale.of(target)
     if source_locale.key == target_locale.key:
         return
     columns = source.execute(_DEFAULT_COLLATION_KEYS, (endpoints.source_schema,)).fetchall()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -197,6 +198,18 @@ def cancel_running() -> None:
                 conn.cancel_safe(timeout=2.0)
             except psycopg.Error:
                 pass  # that connection's server is gone already: nothing runs there
+
+
+def open_side_by_side(*openers: Callable[[], psycopg.Connection]) -> list[psycopg.Connection]:
+    """Open several connections at once (over a slow link each costs a few round trips); all of them, or none."""
+    with ThreadPoolExecutor(len(openers)) as pool:
+        futures = [pool.submit(opener) for opener in openers]
+    opened = [future.result() for future in futures if future.exception() is None]
+    if len(opened) < len(futures):
+        for conn in opened:
+            conn.close()
+        raise next(future.exception() for future in futures if future.exception() is not None)
+    return opened
 
 
 @contextmanager

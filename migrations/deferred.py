@@ -79,23 +79,25 @@ MAINTENANCE_WORK_MEM = "256MB"
 
 
 def set_aside(cur: psycopg.Cursor, schema: str) -> list[DeferredObject]:
-    """Record and drop every index and constraint of ``schema``'s tables."""
-    cur.execute(_CONSTRAINTS, (schema,))
-    constraints = [
-        DeferredObject(table, name, kind, _restoring(cur, schema, table, name, definition, rest))
-        for table, name, kind, definition, *rest in cur.fetchall()
-    ]
-    cur.execute(_INDEXES, (schema,))
-    indexes = [DeferredObject(table, name, "index", definition) for table, name, definition in cur.fetchall()]
+    """Drop every index and constraint of ``schema``'s tables; return them, for ``state.record_deferred``."""
+    with cur.connection.cursor() as index_cur:
+        cur.execute(_CONSTRAINTS, (schema,))
+        index_cur.execute(_INDEXES, (schema,))
+        constraints = [
+            DeferredObject(table, name, kind, _restoring(cur, schema, table, name, definition, rest))
+            for table, name, kind, definition, *rest in cur.fetchall()
+        ]
+        indexes = [DeferredObject(table, name, "index", definition) for table, name, definition in index_cur.fetchall()]
 
-    # Foreign keys first: they depend on the keys they reference. One round trip for all.
+    # Foreign keys first: they depend on the keys they reference.
     drops = [
         sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(schema, obj.table), sql.Identifier(obj.name))
         for obj in sorted(constraints, key=lambda o: o.kind != "foreign key")
     ]
     drops += [sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, obj.name)) for obj in indexes]
-    if drops:
-        cur.execute(sql.SQL(";\n").join(drops))
+    with cur.connection.pipeline():  # one round trip for all of them, however many
+        for drop in drops:
+            cur.execute(drop)
     return constraints + indexes
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import psycopg
 from psycopg import sql
@@ -21,7 +22,7 @@ from psycopg import sql
 from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, lifecycle, materialized_views, orphans
 from . import preflight, privileges, references, replicable, state
 from .catalog import Catalog, Table, compare, read_catalog
-from .connection import Endpoints, connect, one_line
+from .connection import Endpoints, connect, one_line, one_round_trip, open_side_by_side
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
 from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
 from .extensions import Extension
@@ -130,49 +131,54 @@ def migrate(
     observer = observer or LogObserver()
     if init_sql is not None and not allow_outside_schema:
         init_script.refuse_outside_schema(init_sql, endpoints.target_schema)
-    with endpoints.connect_target(autocommit=True) as lock_holder:
+    # Side by side: over a slow link each costs a few round trips to open.
+    lock_holder, source, target = open_side_by_side(
+        partial(endpoints.connect_target, autocommit=True),
+        endpoints.connect_source,
+        partial(endpoints.connect_target, autocommit=True),  # its transactions are explicit: no BEGIN before a read
+    )
+    with lock_holder, source, target:
         if not state.lock(lock_holder, endpoints.target_schema):
             raise MigrationError(f"another migration into {endpoints.target_identity} is running")
-        with endpoints.connect_source() as source, endpoints.connect_target() as target:
-            jobs = preflight.check(endpoints, source, target, jobs)  # the same database twice, the lock table, connections
-            # Opened in the background while the run reads and prepares; every step after lends them.
-            with endpoints.keeping_open(
-                source=jobs + preflight.EXTRA_SOURCE_CONNECTIONS, target=jobs + preflight.EXTRA_TARGET_CONNECTIONS
-            ) as kept:
-                source_catalog = read_source(source, endpoints)
-                refs, needed = refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
-                run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
-                source.commit()
-                newly_frozen = freeze(source, endpoints.source_schema)
-                log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
-                try:
-                    copy_seconds, copies = _copy_frozen(
-                        kept, source, target, run, source_catalog, refs, jobs, observer, thawed_since=bool(newly_frozen)
-                    )
-                    verify_started = time.monotonic()
-                    report = verify_copy(kept, source_catalog, refs, copies, jobs, peers)
-                    report.copy_seconds = copy_seconds
-                    report.verify_seconds = time.monotonic() - verify_started
-                    report.duration_seconds = time.monotonic() - started
-                    with lock_holder.transaction(), lock_holder.cursor() as cur:
-                        state.record_verification(cur, endpoints.target_schema, report.to_dict())
-                        if report.verified:
-                            state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
-                            if service_user:
-                                policed = access.policed_tables(source, endpoints.source_schema, service_user)
-                                hand_over(cur, endpoints.target_schema, service_user, policed)
-                    if not report.verified:
-                        orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
-                        raise VerificationFailed(report.mismatched + orphaned)
-                except BaseException as error:
-                    where = f"{_copied_so_far(endpoints, len(source_catalog.tables))}{_after_failure(endpoints, keep_frozen)}"
-                    if isinstance(error, psycopg.Error):
-                        raise MigrationError(f"database error: {one_line(error)}; {where}") from None
-                    if isinstance(error, MigrationError):
-                        error.args = (f"{error}; {where}",)
-                    else:  # Ctrl-C, SIGTERM
-                        error.add_note(where)
-                    raise
+        jobs = preflight.check(endpoints, source, target, jobs)  # the same database twice, the lock table, connections
+        # Opened in the background while the run reads and prepares; every step after lends them.
+        with endpoints.keeping_open(
+            source=jobs + preflight.EXTRA_SOURCE_CONNECTIONS, target=jobs + preflight.EXTRA_TARGET_CONNECTIONS
+        ) as kept:
+            source_catalog = read_source(source, endpoints)
+            refs, needed = refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
+            run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
+            source.commit()
+            newly_frozen = freeze(source, endpoints.source_schema)
+            log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
+            try:
+                copy_seconds, copies = _copy_frozen(
+                    kept, source, target, run, source_catalog, refs, jobs, observer, thawed_since=bool(newly_frozen)
+                )
+                verify_started = time.monotonic()
+                report = verify_copy(kept, source_catalog, refs, copies, jobs, peers)
+                report.copy_seconds = copy_seconds
+                report.verify_seconds = time.monotonic() - verify_started
+                report.duration_seconds = time.monotonic() - started
+                with lock_holder.transaction(), lock_holder.cursor() as cur:
+                    state.record_verification(cur, endpoints.target_schema, report.to_dict())
+                    if report.verified:
+                        state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
+                        if service_user:
+                            policed = access.policed_tables(source, endpoints.source_schema, service_user)
+                            hand_over(cur, endpoints.target_schema, service_user, policed)
+                if not report.verified:
+                    orphaned = [f"{o.reference} (new orphans: {', '.join(o.new_ids)})" for o in report.orphans if o.introduced]
+                    raise VerificationFailed(report.mismatched + orphaned)
+            except BaseException as error:
+                where = f"{_copied_so_far(endpoints, len(source_catalog.tables))}{_after_failure(endpoints, keep_frozen)}"
+                if isinstance(error, psycopg.Error):
+                    raise MigrationError(f"database error: {one_line(error)}; {where}") from None
+                if isinstance(error, MigrationError):
+                    error.args = (f"{error}; {where}",)
+                else:  # Ctrl-C, SIGTERM
+                    error.add_note(where)
+                raise
     log.info(
         "verified %s: %d relations identical to %s", endpoints.target_identity, len(report.tables), endpoints.source_identity
     )
@@ -197,12 +203,12 @@ def _copy_frozen(
     changed ones copied again.
     """
     started = time.monotonic()
-    if thawed_since:
-        run = _recheck(endpoints, source, target, run, catalog, jobs)
     with target.cursor() as cur:
-        already_copied = state.copied_tables(cur, endpoints.target_schema)
-    target.commit()
-    pending = [t for name, t in catalog.tables.items() if name not in already_copied]
+        copied = state.copied_tables(cur, endpoints.target_schema)
+        copied_objects = state.copied_large_objects(cur, endpoints.target_schema)
+    if thawed_since and (copied or copied_objects):
+        run, copied = _recheck(endpoints, source, target, run, catalog, jobs, copied, copied_objects)
+    pending = [t for name, t in catalog.tables.items() if name not in copied]
     copies = _copy(endpoints, target, run, pending, jobs, observer)
     if not run.finished or pending:
         _finish(endpoints, source, target, catalog, refs, jobs)
@@ -210,22 +216,26 @@ def _copy_frozen(
 
 
 def _recheck(
-    endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Connection, run: state.Run, catalog: Catalog, jobs: int
-) -> state.Run:
-    """Forget the copies of tables and large objects that the source changed while it was not frozen."""
-    with target.cursor() as cur:
-        copied = state.copied_tables(cur, endpoints.target_schema)
-        copied_objects = state.copied_large_objects(cur, endpoints.target_schema)
-    target.commit()
-    if not copied and not copied_objects:
-        return run
+    endpoints: Endpoints,
+    source: psycopg.Connection,
+    target: psycopg.Connection,
+    run: state.Run,
+    catalog: Catalog,
+    jobs: int,
+    copied: set[str],
+    copied_objects: set[int],
+) -> tuple[state.Run, set[str]]:
+    """Forget the copies of tables and large objects that the source changed while it was not frozen.
+
+    Returns the run and the tables whose copies still stand.
+    """
     tables = [t for name, t in catalog.tables.items() if name in copied]
     changed = [v.table for v in verify_tables(endpoints, tables, jobs) if not v.identical]
     oids = large_objects.referenced(source, endpoints.source_schema)
     changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids) if copied_objects else []
     source.commit()
     if not changed and not changed_objects:
-        return run
+        return run, copied
     log.warning(
         "the source changed since the last run: copying again %s",
         ", ".join(changed + [f"large object {oid}" for oid in changed_objects]),
@@ -241,7 +251,7 @@ def _recheck(
                     cur.execute(sql.SQL("TRUNCATE {}").format(catalog.tables[name].own_rows(endpoints.target_schema)))
         if changed_objects:
             large_objects.forget(cur, endpoints.target_schema, changed_objects)
-        return state.load_run(cur, endpoints.target_schema)
+        return state.load_run(cur, endpoints.target_schema), copied - set(changed)
 
 
 def _copied_so_far(endpoints: Endpoints, tables: int) -> str:
@@ -530,13 +540,11 @@ def _copy(
     if not pending:
         return []
     if not run.deferred:
-        with target.transaction(), target.cursor() as cur:
+        with one_round_trip(target) as cur:  # and two more: to read what to set aside, and to drop it
             objects = deferred.set_aside(cur, endpoints.target_schema)
             state.record_deferred(cur, endpoints.target_schema, objects)
         log.info("set aside %d indexes and constraints for the load", len(objects))
-    guards = as_stored.Guards.read(target, endpoints.target_schema)
-    target.commit()
-    return copy_tables(endpoints, pending, guards, jobs, observer)
+    return copy_tables(endpoints, pending, as_stored.Guards.read(target, endpoints.target_schema), jobs, observer)
 
 
 def _finish(

@@ -21,9 +21,10 @@ from datetime import datetime
 
 import psycopg
 
-from .collation import refuse_collation_change
+from .collation import Locale, refuse_collation_change
 from .connection import Endpoints, describe
 from .errors import MigrationError
+from .parallel import run_all
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,15 @@ def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Conn
     Ends the transaction each read opened on ``source`` and ``target``.
     """
     try:
-        source_server = read_server(source, "source", describe(endpoints.source))
-        target_server = read_server(target, "target", describe(endpoints.target))
+        # Each side on its own thread: over a slow link the two servers answer at the same time.
+        (source_server, source_locale), (target_server, target_locale) = run_all(2, [
+            lambda: (read_server(source, "source", describe(endpoints.source)), Locale.of(source)),
+            lambda: (read_server(target, "target", describe(endpoints.target)), Locale.of(target)),
+        ])
         with source.cursor() as cur:
             cur.execute(_RELATIONS, (endpoints.source_schema,))
             relations = cur.fetchone()[0]
-        refuse_collation_change(source, target, endpoints)
+        refuse_collation_change(source, source_locale, target_locale, endpoints)
     finally:
         source.rollback()
         target.rollback()

@@ -210,9 +210,9 @@ def find(conn: psycopg.Connection, schema: str, dropped_on_purpose: frozenset[st
     """Every reference between ``schema`` and the other schemas of its database."""
     params = {"schema": schema, "system": list(_SYSTEM_SCHEMAS)}
     found = References(schema)
-    rows = []
-    for query in (_FOREIGN_KEYS, _VIEWS, _FUNCTIONS, _TRIGGERS, _DEFAULTS, _TYPES):
-        rows += conn.execute(query, params).fetchall()
+    with conn.pipeline():  # one round trip for all six
+        cursors = [conn.execute(query, params) for query in (_FOREIGN_KEYS, _VIEWS, _FUNCTIONS, _TRIGGERS, _DEFAULTS, _TYPES)]
+    rows = [row for cur in cursors for row in cur.fetchall()]
     for kind, name, depends_on, this_side, other_side, columns, referenced_columns, *tables in sorted(
         set(map(_hashable, rows)), key=str
     ):

@@ -213,14 +213,16 @@ def open_side_by_side(*openers: Callable[[], psycopg.Connection]) -> list[psycop
 
 
 @contextmanager
-def one_round_trip(conn: psycopg.Connection) -> Iterator[psycopg.Cursor]:
+def one_round_trip(conn: psycopg.Connection, *, roll_back: bool = False) -> Iterator[psycopg.Cursor]:
     """A transaction of statements that need no answer, sent and committed in one round trip; rolled back on an error.
 
     psycopg's own ``transaction()`` waits for its ``BEGIN`` to be answered,
     even in a pipeline, and so does its ``commit()``; on an ``autocommit``
     connection the block's ``BEGIN`` and ``COMMIT`` are statements of the
     pipeline like the others. A statement whose rows are fetched inside the
-    block costs a round trip of its own, and stays in the transaction.
+    block costs a round trip of its own, and stays in the transaction; rows
+    fetched after the block cost nothing more. ``roll_back``: the block only
+    reads, under changes it makes for itself, and ends rolled back.
     """
     if not conn.autocommit:
         raise psycopg.ProgrammingError("one_round_trip needs an autocommit connection")
@@ -228,7 +230,7 @@ def one_round_trip(conn: psycopg.Connection) -> Iterator[psycopg.Cursor]:
         with conn.pipeline(), conn.cursor() as cur:
             cur.execute("BEGIN")
             yield cur
-            cur.execute("COMMIT")
+            cur.execute("ROLLBACK" if roll_back else "COMMIT")
     except BaseException:
         if not conn.closed and not conn.broken:
             conn.rollback()

@@ -153,17 +153,22 @@ class _Target:
     forced: list[str]  # tables under a FORCEd policy
 
     @classmethod
-    def read(cls, conn: psycopg.Connection, schema: str) -> _Target:
-        """The pending objects, the tables' sizes and what exists, in one round trip."""
-        with conn.pipeline(), conn.cursor() as pending, conn.cursor() as sizes, conn.cursor() as present:
+    def read(cls, conn: psycopg.Connection, schema: str, sizes: bool = True) -> _Target:
+        """The pending objects, the tables' sizes (unless not ``sizes``) and what exists, in one round trip.
+
+        Reading a table's size waits for the lock of a load still under way:
+        the rebuild of one table during the copy does without.
+        """
+        with conn.pipeline(), conn.cursor() as pending, conn.cursor() as sized, conn.cursor() as present:
             state.select_pending_objects(pending, schema)
-            sizes.execute(_TABLE_SIZES, (schema,))
+            if sizes:
+                sized.execute(_TABLE_SIZES, (schema,))
             present.execute(_PRESENT, {"schema": sql.Identifier(schema).as_string(conn)})
             found: dict[str, set] = {"index": set(), "constraint": set(), "forced": set()}
             for kind, table, name in present.fetchall():
                 found[kind].add((table, name))
             return cls(
-                schema, state.fetch_pending_objects(pending), dict(sizes.fetchall()),
+                schema, state.fetch_pending_objects(pending), dict(sized.fetchall()) if sizes else {},
                 found["index"], found["constraint"], sorted(table for table, _ in found["forced"]),
             )
 
@@ -221,7 +226,7 @@ def restore(
     one large table build side by side; the small tables' objects are rebuilt
     together, a batch per step.
     """
-    with connect_target() as conn:
+    with connect_target(autocommit=True) as conn:
         target = _Target.read(conn, target_schema)
     if not target.pending:
         return 0
@@ -267,7 +272,7 @@ def restore_table(conn: psycopg.Connection, target_schema: str, table: str) -> i
     load, so those index builds overlap the copy; :func:`restore` rebuilds
     whatever is left. Returns how many objects it rebuilt.
     """
-    target = _Target.read(conn, target_schema)
+    target = _Target.read(conn, target_schema, sizes=False)
     objects = [o for o in target.pending if o.table == table and o.kind != "foreign key"]
     if objects:
         with one_round_trip(conn) as cur:

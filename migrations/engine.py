@@ -385,16 +385,18 @@ def read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
 
 def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str, needed: Sequence[Extension] = ()) -> None:
     script = init_script.prepare(init_sql, target_schema)
-    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target_schema)))
     # The script may name its own types unqualified, and the extensions' (hstore, citext...), wherever they live.
     path = [target_schema] + sorted({e.schema for e in needed} - {target_schema}) + ["pg_catalog"]
-    cur.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.SQL(", ").join(map(sql.Identifier, path))))
+    cur.execute(
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; SET LOCAL search_path = {}").format(
+            sql.Identifier(target_schema), sql.SQL(", ").join(map(sql.Identifier, path))
+        )
+    )
     try:
-        cur.execute(script)
+        # Then back to the session's own settings: a pg_dump script sets search_path and others for the whole session.
+        cur.execute(script + "\n;RESET ALL")
     except psycopg.Error as error:
         raise MigrationError(f"init SQL failed on the target, nothing was written: {one_line(error)}") from None
-    # Back to the session's own settings: a pg_dump script sets search_path and others for the whole session.
-    cur.execute("RESET ALL")
 
 
 def _digest(init_sql: str) -> str:
@@ -455,11 +457,12 @@ def prepare_target(
             _index_reference(cur, endpoints.target_schema, ref)
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
-        state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
-        if init_sql is not None:
-            state.record_init(cur, endpoints.target_schema, _digest(init_sql))
-        state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
-        return state.load_run(cur, endpoints.target_schema)
+        with target.pipeline():  # one round trip for the bookkeeping
+            state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
+            if init_sql is not None:
+                state.record_init(cur, endpoints.target_schema, _digest(init_sql))
+            state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
+            return state.load_run(cur, endpoints.target_schema)
 
 
 def _holding_rows(cur: psycopg.Cursor, schema: str, tables: list[Table]) -> list[str]:
@@ -571,7 +574,7 @@ def _finish(
         materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
     with _step(f"analyzing {on_target}"):
         analyze(endpoints, list(catalog.tables) + list(catalog.materialized_views), jobs)
-        with target.transaction(), target.cursor() as cur:
+        with one_round_trip(target) as cur:
             state.finish_run(cur, endpoints.target_schema)
 
 

@@ -121,10 +121,9 @@ def freeze(conn: psycopg.Connection, schema: str, wait: float = FREEZE_WAIT_SECO
     silently). Raises ``FreezeNotAcquired``, with nothing frozen, if the
     tables' locks cannot be had within ``wait`` seconds.
     """
-    refuse_missing_schema(conn, schema, "nothing was frozen")
 
-    def create_triggers(cur: psycopg.Cursor, tables: list[str]) -> None:
-        _execute_all(cur, [
+    def create_triggers(tables: list[str]) -> list[sql.Composable]:
+        return [
             sql.SQL(
                 "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}"
                 " FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
@@ -134,9 +133,11 @@ def freeze(conn: psycopg.Connection, schema: str, wait: float = FREEZE_WAIT_SECO
                 function=sql.Identifier(FREEZE_SCHEMA, FREEZE_FUNCTION),
             )
             for table in tables
-        ])
+        ]
 
-    return _with_locks(conn, schema, FREEZE_MODE, wait, lambda frozen: not frozen, create_triggers, _prepare_function)
+    return _with_locks(
+        conn, schema, FREEZE_MODE, wait, lambda frozen: not frozen, create_triggers, _prepare_function, "nothing was frozen"
+    )
 
 
 def _prepare_function(cur: psycopg.Cursor) -> None:
@@ -153,13 +154,13 @@ def unfreeze(conn: psycopg.Connection, schema: str, wait: float = FREEZE_WAIT_SE
     bounded, retried locking applies.
     """
 
-    def drop_triggers(cur: psycopg.Cursor, tables: list[str]) -> None:
-        _execute_all(cur, [
+    def drop_triggers(tables: list[str]) -> list[sql.Composable]:
+        return [
             sql.SQL("DROP TRIGGER {trigger} ON {table}").format(
                 trigger=sql.Identifier(FREEZE_TRIGGER), table=sql.Identifier(schema, table)
             )
             for table in tables
-        ])
+        ]
 
     return _with_locks(conn, schema, LIFT_MODE, wait, lambda frozen: frozen, drop_triggers)
 
@@ -170,12 +171,18 @@ def _with_locks(
     mode: str,
     wait: float,
     wanted: Callable[[bool], bool],
-    change: Callable[[psycopg.Cursor, list[str]], None],
+    change: Callable[[list[str]], list[sql.Composable]],
     prepare: Callable[[psycopg.Cursor], None] | None = None,
+    missing: str | None = None,
 ) -> list[str]:
-    """Lock the tables whose frozen state is ``wanted`` in one statement, then ``change`` them; retried, bounded.
+    """Lock the tables whose frozen state is ``wanted`` in one statement list, ``change`` them; retried, bounded.
 
-    All or nothing: a failed attempt rolls back and holds nothing.
+    All or nothing: a failed attempt rolls back and holds nothing. An attempt
+    costs four round trips however many tables (over a slow link each
+    statement would cost one): its BEGIN; ``prepare`` and the reads; the
+    changes, each taking its table's lock in turn; COMMIT. ``missing``: what
+    to say when the schema does not exist (unsaid, a missing schema has no
+    tables to change).
     """
     deadline = time.monotonic() + wait
     attempt_seconds = FIRST_ATTEMPT_SECONDS
@@ -183,18 +190,22 @@ def _with_locks(
     while True:
         attempts += 1
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                if prepare:
-                    prepare(cur)
-                tables = [table for table, frozen in _tables(cur, schema) if wanted(frozen)]
+            with conn.transaction(), conn.cursor() as cur, conn.cursor() as schemas, conn.cursor() as settings:
+                with conn.pipeline():
+                    if prepare:
+                        prepare(cur)
+                    schemas.execute(_SCHEMAS, (schema, FREEZE_SCHEMA))
+                    settings.execute("SELECT current_setting('deadlock_timeout')::interval")
+                    tables = [table for table, frozen in _tables(cur, schema) if wanted(frozen)]
+                if missing:
+                    _refuse_missing(conn, schema, *schemas.fetchone(), missing)
                 if tables:
                     # Below the deadlock_timeout: the freeze backs off before the server picks a victim.
-                    cur.execute("SELECT current_setting('deadlock_timeout')::interval")
-                    ceiling = cur.fetchone()[0].total_seconds() / 2
-                    cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    ceiling = settings.fetchone()[0].total_seconds() / 2
+                    timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(
                         sql.Literal(f"{max(1, round(min(attempt_seconds, ceiling) * 1000))}ms")
-                    ))
-                    change(cur, tables)  # each statement takes its table's lock, in this order
+                    )
+                    _execute_all(cur, [timeout] + change(tables))  # each statement takes its table's lock, in this order
             return tables
         except psycopg.errors.LockNotAvailable:
             pause = min(LONGEST_PAUSE_SECONDS, random.uniform(0, attempt_seconds * 2))
@@ -228,15 +239,21 @@ def _execute_all(cur: psycopg.Cursor, statements: list[sql.Composable]) -> None:
         cur.execute(sql.SQL(";\n").join(statements))
 
 
+# Whether the schema exists, and the others there (to name them when it does not).
+_SCHEMAS = """
+SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s), ARRAY(SELECT nspname::text FROM pg_namespace
+WHERE nspname !~ '^pg_' AND nspname NOT IN ('information_schema', %s) ORDER BY 1)
+"""
+
+
 def refuse_missing_schema(conn: psycopg.Connection, schema: str, consequence: str) -> None:
     """Raise if ``schema`` does not exist on ``conn``'s database, naming it, the database and the schemas there."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(
-            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s), ARRAY(SELECT nspname::text FROM pg_namespace"
-            " WHERE nspname !~ '^pg_' AND nspname NOT IN ('information_schema', %s) ORDER BY 1)",
-            (schema, FREEZE_SCHEMA),
-        )
-        exists, names = cur.fetchone()
+        cur.execute(_SCHEMAS, (schema, FREEZE_SCHEMA))
+        _refuse_missing(conn, schema, *cur.fetchone(), consequence)
+
+
+def _refuse_missing(conn: psycopg.Connection, schema: str, exists: bool, names: list[str], consequence: str) -> None:
     if exists:
         return
     where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"

@@ -71,6 +71,8 @@ def refuse_unreadable(conn: psycopg.Connection, schema: str, oids: list[int], so
 
 def carry(source: psycopg.Connection, target: psycopg.Connection, target_schema: str, oids: list[int]) -> int:
     """Create each large object of ``oids`` not yet carried on the target, with its oid and bytes; return how many."""
+    if not oids:
+        return 0
     with target.cursor() as cur:
         done = state.copied_large_objects(cur, target_schema)
         cur.execute(

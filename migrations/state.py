@@ -106,9 +106,8 @@ class DeferredObject:
 
 
 def ensure(cur: psycopg.Cursor) -> None:
-    """Create the bookkeeping tables if they are missing."""
-    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (STATE_SCHEMA,))
-    cur.execute(_DDL)
+    """Create the bookkeeping tables if they are missing (one round trip, under a lock two runs share)."""
+    cur.execute(sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}));").format(sql.Literal(STATE_SCHEMA)) + sql.SQL(_DDL))
 
 
 def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -> bool:

@@ -36,7 +36,7 @@ from psycopg import sql
 
 from . import as_stored, large_objects
 from .catalog import Table, own_rows
-from .connection import Endpoints
+from .connection import Endpoints, one_round_trip
 from .parallel import run_all, stopping
 
 HASH, MD5 = "hash", "md5"
@@ -374,10 +374,10 @@ def _checksums(
     """
     readable = dict(conn.execute(_READABLE, (sql.Identifier(schema).as_string(conn), [r.name for r in relations])).fetchall())
     cursors: dict[str, psycopg.Cursor] = {}
-    with conn.pipeline(), conn.transaction(force_rollback=True):
+    with one_round_trip(conn, roll_back=True) as cur:
         if side == "target":
             for statement in as_stored.forcing(schema, sorted(name for name, forced in readable.items() if forced), force=False):
-                conn.execute(statement)
+                cur.execute(statement)
         for relation in relations:
             if relation.name in readable:
                 cursors[relation.name] = conn.execute(_checksum_query(schema, relation, method, side))

@@ -219,10 +219,11 @@ def one_round_trip(conn: psycopg.Connection, *, roll_back: bool = False) -> Iter
     psycopg's own ``transaction()`` waits for its ``BEGIN`` to be answered,
     even in a pipeline, and so does its ``commit()``; on an ``autocommit``
     connection the block's ``BEGIN`` and ``COMMIT`` are statements of the
-    pipeline like the others. A statement whose rows are fetched inside the
-    block costs a round trip of its own, and stays in the transaction; rows
-    fetched after the block cost nothing more. ``roll_back``: the block only
-    reads, under changes it makes for itself, and ends rolled back.
+    pipeline like the others. A statement whose rows are read runs on a
+    cursor of its own (the block's has run other statements): fetched inside
+    the block, they cost a round trip of their own, and stay in the
+    transaction; fetched after it, nothing more. ``roll_back``: the block
+    only reads, under changes it makes for itself, and ends rolled back.
     """
     if not conn.autocommit:
         raise psycopg.ProgrammingError("one_round_trip needs an autocommit connection")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -197,14 +199,16 @@ def _load(
     batch: list[Table],
     observer: CopyObserver,
 ) -> list[TableCopy]:
-    """The tables of ``batch`` in one target transaction: two round trips to the target, and three a table.
+    """The tables of ``batch`` in one target transaction: two round trips to the target, and two a table.
 
     The statements before the COPYs (lock, lift the guards, empty) go in one
-    pipeline, those after them (put the guards back, record, commit) in another.
+    pipeline, those after them (put the guards back, record, commit) in
+    another. A large table streams from the source's COPY into the target's;
+    the small tables of a batch are read ahead (see ``_ReadAhead``).
     """
     results: list[TableCopy] = []
     table = batch[0]  # what an error names
-    watch = _Watchdog(endpoints, source, target)
+    watch, reading = _Watchdog(endpoints, source, target), _Watchdog(endpoints, source, target)
     try:
         with target.pipeline(), target.cursor() as cur:
             cur.execute("BEGIN")
@@ -214,8 +218,12 @@ def _load(
                 cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
                 as_stored.lift(cur, guards, table.name)
                 cur.execute(_truncate_if_empty(cur, target_table, table.name))
-        for table in batch:
-            results.append(_copy_table(endpoints, source, target, watch, table, observer))
+        if len(batch) == 1:
+            results.append(_stream_table(endpoints, source, target, watch, table, observer))
+        else:
+            with _ReadAhead(endpoints, source, batch, reading) as ahead:
+                for table, (blocks, rows) in zip(batch, ahead):
+                    results.append(_write_table(endpoints, target, watch, table, blocks, rows, observer))
         with target.pipeline(), target.cursor() as cur:
             for result in results:
                 as_stored.put_back(cur, guards, result.table)
@@ -230,10 +238,10 @@ def _load(
                 f"target table {endpoints.target_schema}.{error.diag.message_primary} holds rows this engine did not"
                 " write; refusing to overwrite them"
             ) from None
-        if watch.stalled:
-            where = next(where for name, _, where in sides if name == watch.stalled)
+        if stalled := watch.stalled or reading.stalled:
+            where = next(where for name, _, where in sides if name == stalled)
             raise MigrationError(
-                f"copy of table {table.name} failed on the {watch.stalled} {where}: the link stalled, no data for"
+                f"copy of table {table.name} failed on the {stalled} {where}: the link stalled, no data for"
                 f" {watch.seconds} s ({NETWORK_TIMEOUT_VARIABLE}), so the engine broke the connection"
             ) from None
         if isinstance(error, psycopg.Error) and not isinstance(error, psycopg.errors.QueryCanceled):
@@ -246,7 +254,27 @@ def _load(
     return results
 
 
-def _copy_table(
+def _copy_out(endpoints: Endpoints, table: Table) -> sql.Composed:
+    return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.copied_columns)),
+        table.own_rows(endpoints.source_schema),
+        sql.SQL("binary" if table.binary_copy else "text"),
+    )
+
+
+def _copy_in(endpoints: Endpoints, table: Table) -> sql.Composed:
+    format_ = sql.SQL("binary" if table.binary_copy else "text")
+    # FREEZE writes the rows already visible to all, sparing the target a
+    # rewrite of every page at its first vacuum; partitioned tables refuse it.
+    options = sql.SQL("FORMAT {}, FREEZE").format(format_) if not table.partitioned else sql.SQL("FORMAT {}").format(format_)
+    return sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+        sql.Identifier(endpoints.target_schema, table.name),
+        sql.SQL(", ").join(map(sql.Identifier, table.copied_columns)),
+        options,
+    )
+
+
+def _stream_table(
     endpoints: Endpoints,
     source: psycopg.Connection,
     target: psycopg.Connection,
@@ -255,31 +283,105 @@ def _copy_table(
     observer: CopyObserver,
 ) -> TableCopy:
     """Stream one table's rows from the source's COPY into the target's, inside the batch's transaction."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, table.copied_columns))
-    format_ = sql.SQL("binary" if table.binary_copy else "text")
-    # FREEZE writes the rows already visible to all, sparing the target a
-    # rewrite of every page at its first vacuum; partitioned tables refuse it.
-    options = sql.SQL("FORMAT {}, FREEZE").format(format_) if not table.partitioned else sql.SQL("FORMAT {}").format(format_)
     observer.started(table)
     started = time.monotonic()
     with target.cursor() as cur, source.cursor() as out_cur:
         bytes_ = _stream(
             watch,
-            out_cur.copy(
-                sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(
-                    columns, table.own_rows(endpoints.source_schema), format_
-                )
-            ),
-            cur.copy(
-                sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
-                    sql.Identifier(endpoints.target_schema, table.name), columns, options
-                )
-            ),
+            out_cur.copy(_copy_out(endpoints, table)),
+            cur.copy(_copy_in(endpoints, table)),
             lambda rows, sent: observer.advanced(table, rows, sent),
         )
-        if cur.rowcount != out_cur.rowcount:
-            raise MigrationError(f"copy of {table.name} wrote {cur.rowcount} rows but the source sent {out_cur.rowcount}")
-        return TableCopy(table.name, cur.rowcount, bytes_, time.monotonic() - started)
+        return _loaded(table, cur.rowcount, out_cur.rowcount, bytes_, started)
+
+
+def _write_table(
+    endpoints: Endpoints,
+    target: psycopg.Connection,
+    watch: _Watchdog,
+    table: Table,
+    blocks: list[bytes],
+    rows: int,
+    observer: CopyObserver,
+) -> TableCopy:
+    """Load one table already read whole from the source (``rows`` rows in ``blocks``), inside the batch's transaction."""
+    observer.started(table)
+    started = time.monotonic()
+    with target.cursor() as cur:
+        with watch, cur.copy(_copy_in(endpoints, table)) as into:
+            for block in blocks:
+                watch.waiting_on("target")
+                into.write(block)
+            watch.waiting_on("target")  # the end of the COPY
+        return _loaded(table, cur.rowcount, rows, sum(map(len, blocks)), started)
+
+
+def _loaded(table: Table, written: int, sent: int, bytes_: int, started: float) -> TableCopy:
+    if written != sent:
+        raise MigrationError(f"copy of {table.name} wrote {written} rows but the source sent {sent}")
+    return TableCopy(table.name, written, bytes_, time.monotonic() - started)
+
+
+class _ReadAhead:
+    """The small tables of a batch read whole from the source, one after the other, on a thread of their own.
+
+    While the target loads one table, the next one's COPY is already under
+    way on the source, so the source's round trip per table overlaps the
+    target's. Iterating gives each table's (blocks, rows) in order; a failure
+    to read is raised there. Small tables only: each is held in memory until
+    it is loaded, at most three at a time.
+    """
+
+    def __init__(self, endpoints: Endpoints, source: psycopg.Connection, tables: list[Table], watch: _Watchdog):
+        self._items: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._read, args=(endpoints, source, tables, watch), name="source read-ahead", daemon=True
+        )
+
+    def __enter__(self) -> _ReadAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()  # a read under way ends, or fails: the watchdog breaks a stalled one
+
+    def __iter__(self) -> Iterator[tuple[list[bytes], int]]:
+        while (item := self._items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _read(self, endpoints: Endpoints, source: psycopg.Connection, tables: list[Table], watch: _Watchdog) -> None:
+        try:
+            for table in tables:
+                blocks: list[bytes] = []
+                with source.cursor() as cur:
+                    with watch, cur.copy(_copy_out(endpoints, table)) as out:
+                        block = bytearray()
+                        for data in out:
+                            block += data
+                            if len(block) >= WRITE_BLOCK:
+                                blocks.append(bytes(block))
+                                del block[:]
+                                watch.waiting_on("source")
+                        blocks.append(bytes(block))
+                    if not self._put((blocks, cur.rowcount)):
+                        return
+            self._put(None)
+        except BaseException as error:  # raised in the loading thread
+            self._put(error)
+
+    def _put(self, item: object) -> bool:
+        """Hand ``item`` over once the loading thread has room for it; False if it stopped taking any."""
+        while not self._stop.is_set():
+            try:
+                self._items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 # Raised by the load's emptiness check (a class of SQLSTATE no server uses).

@@ -80,12 +80,13 @@ MAINTENANCE_WORK_MEM = "256MB"
 
 def set_aside(cur: psycopg.Cursor, schema: str) -> list[DeferredObject]:
     """Drop every index and constraint of ``schema``'s tables; return them, for ``state.record_deferred``."""
-    with cur.connection.cursor() as index_cur:
-        cur.execute(_CONSTRAINTS, (schema,))
+    # Each read on a cursor of its own: in a pipeline, ``cur`` may have run other statements.
+    with cur.connection.cursor() as constraint_cur, cur.connection.cursor() as index_cur:
+        constraint_cur.execute(_CONSTRAINTS, (schema,))
         index_cur.execute(_INDEXES, (schema,))
         constraints = [
             DeferredObject(table, name, kind, _restoring(cur, schema, table, name, definition, rest))
-            for table, name, kind, definition, *rest in cur.fetchall()
+            for table, name, kind, definition, *rest in constraint_cur.fetchall()
         ]
         indexes = [DeferredObject(table, name, "index", definition) for table, name, definition in index_cur.fetchall()]
 

@@ -457,12 +457,12 @@ def prepare_target(
             _index_reference(cur, endpoints.target_schema, ref)
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
-        with target.pipeline():  # one round trip for the bookkeeping
+        with target.pipeline(), target.cursor() as reading:  # one round trip for the bookkeeping
             state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
             if init_sql is not None:
                 state.record_init(cur, endpoints.target_schema, _digest(init_sql))
             state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
-            return state.load_run(cur, endpoints.target_schema)
+            return state.load_run(reading, endpoints.target_schema)
 
 
 def _holding_rows(cur: psycopg.Cursor, schema: str, tables: list[Table]) -> list[str]:

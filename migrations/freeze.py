@@ -190,18 +190,20 @@ def _with_locks(
     while True:
         attempts += 1
         try:
-            with conn.transaction(), conn.cursor() as cur, conn.cursor() as schemas, conn.cursor() as settings:
-                with conn.pipeline():
+            with conn.transaction(), conn.cursor() as cur:
+                # In a pipeline, the statements whose rows are read each have a cursor of their own.
+                with conn.pipeline(), conn.cursor() as listing, conn.cursor() as schemas, conn.cursor() as settings:
                     if prepare:
                         prepare(cur)
                     schemas.execute(_SCHEMAS, (schema, FREEZE_SCHEMA))
                     settings.execute("SELECT current_setting('deadlock_timeout')::interval")
-                    tables = [table for table, frozen in _tables(cur, schema) if wanted(frozen)]
+                    tables = [table for table, frozen in _tables(listing, schema) if wanted(frozen)]
+                    exists, others = schemas.fetchone()
+                    ceiling = settings.fetchone()[0].total_seconds() / 2
                 if missing:
-                    _refuse_missing(conn, schema, *schemas.fetchone(), missing)
+                    _refuse_missing(conn, schema, exists, others, missing)
                 if tables:
                     # Below the deadlock_timeout: the freeze backs off before the server picks a victim.
-                    ceiling = settings.fetchone()[0].total_seconds() / 2
                     timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(
                         sql.Literal(f"{max(1, round(min(attempt_seconds, ceiling) * 1000))}ms")
                     )

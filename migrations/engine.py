@@ -132,10 +132,9 @@ def migrate(
     if init_sql is not None and not allow_outside_schema:
         init_script.refuse_outside_schema(init_sql, endpoints.target_schema)
     # Side by side: over a slow link each costs a few round trips to open.
+    # On all three the transactions are explicit: a read needs no BEGIN, nor a COMMIT after it.
     lock_holder, source, target = open_side_by_side(
-        partial(endpoints.connect_target, autocommit=True),
-        endpoints.connect_source,
-        partial(endpoints.connect_target, autocommit=True),  # its transactions are explicit: no BEGIN before a read
+        *(partial(connect, autocommit=True) for connect in (endpoints.connect_target, endpoints.connect_source, endpoints.connect_target))
     )
     with lock_holder, source, target:
         if not state.lock(lock_holder, endpoints.target_schema):
@@ -148,7 +147,6 @@ def migrate(
             source_catalog = read_source(source, endpoints)
             refs, needed = refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
             run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
-            source.commit()
             newly_frozen = freeze(source, endpoints.source_schema)
             log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
             try:
@@ -203,9 +201,9 @@ def _copy_frozen(
     changed ones copied again.
     """
     started = time.monotonic()
-    with target.cursor() as cur:
-        copied = state.copied_tables(cur, endpoints.target_schema)
-        copied_objects = state.copied_large_objects(cur, endpoints.target_schema)
+    with target.pipeline(), target.cursor() as tables, target.cursor() as objects:
+        copied = state.copied_tables(tables, endpoints.target_schema)
+        copied_objects = state.copied_large_objects(objects, endpoints.target_schema)
     if thawed_since and (copied or copied_objects):
         run, copied = _recheck(endpoints, source, target, run, catalog, jobs, copied, copied_objects)
     pending = [t for name, t in catalog.tables.items() if name not in copied]
@@ -243,7 +241,8 @@ def _recheck(
     with target.transaction(), target.cursor() as cur:
         if changed:
             # Their indexes and keys, and the foreign keys pointing at them, may be back: set everything aside again.
-            state.record_deferred(cur, endpoints.target_schema, deferred.set_aside(cur, endpoints.target_schema))
+            with target.pipeline():  # the drops in one round trip
+                state.record_deferred(cur, endpoints.target_schema, deferred.set_aside(cur, endpoints.target_schema))
             state.forget_copies(cur, endpoints.target_schema, changed)
             guards = as_stored.Guards.read(target, endpoints.target_schema)
             for name in changed:
@@ -543,7 +542,7 @@ def _copy(
     if not pending:
         return []
     if not run.deferred:
-        with one_round_trip(target) as cur:  # and two more: to read what to set aside, and to drop it
+        with one_round_trip(target) as cur:  # and one more: to read what to set aside
             objects = deferred.set_aside(cur, endpoints.target_schema)
             state.record_deferred(cur, endpoints.target_schema, objects)
         log.info("set aside %d indexes and constraints for the load", len(objects))

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-CHUNK = 1 << 16
+CHUNK = 1 << 20
 
 
 class LatencyProxy:

@@ -54,9 +54,10 @@ class Guards:
     def read(cls, conn: psycopg.Connection, schema: str) -> Guards:
         """Every table's at once, so that each load sends its statements without asking (one round trip)."""
         params = {"schema": sql.Identifier(schema).as_string(conn)}
-        with conn.pipeline(), conn.cursor() as triggers, conn.cursor() as forced:
-            triggers.execute(_ENABLED_TRIGGERS, params)
-            forced.execute(_FORCED, params)
+        with conn.cursor() as triggers, conn.cursor() as forced:
+            with conn.pipeline():  # rows fetched once it ends: fetched inside, they would cost a round trip more
+                triggers.execute(_ENABLED_TRIGGERS, params)
+                forced.execute(_FORCED, params)
             by_table: dict[str, list[tuple[str, str, str, str]]] = {}
             for table, *trigger in triggers.fetchall():
                 by_table.setdefault(table, []).append(tuple(trigger))

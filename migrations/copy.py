@@ -100,8 +100,8 @@ def copy_tables(
     batch) and takes the next batch, largest first, from a shared queue: no
     connection is opened per table, which matters for schemas of many small
     tables and for servers reached over TLS. Once no batch is left to start, a
-    free worker builds the indexes and keys of the tables already loaded (see
-    ``deferred.restore_table``) while the last, largest ones still load.
+    free worker builds the indexes and keys of the large tables already
+    loaded (see ``deferred.restore_table``) while the last ones still load.
     """
     if not tables:
         return []
@@ -109,7 +109,8 @@ def copy_tables(
         # The exporting transaction must stay open until every worker has imported the snapshot.
         with coordinator.pipeline():
             coordinator.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            exported = coordinator.execute("SELECT pg_export_snapshot()")
+        snapshot = exported.fetchone()[0]
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
         queue = list(reversed(_batches(largest_first, jobs)))
         loaded: list[Table] = []  # copied, their indexes not yet built
@@ -140,7 +141,9 @@ def copy_tables(
                                 results[result.table] = result
                             with lock:
                                 copying[0] -= 1
-                                loaded.extend(batch)
+                                # A small table's indexes wait for deferred.restore, which
+                                # rebuilds many at once: one by one, each would cost round trips.
+                                loaded.extend(t for t in batch if t.size_bytes >= deferred.SMALL_TABLES_BYTES)
                                 loaded.sort(key=lambda t: -t.size_bytes)
                         else:
                             _restore_table(endpoints, connections[1], batch[0])

@@ -162,11 +162,12 @@ class _Target:
         Reading a table's size waits for the lock of a load still under way:
         the rebuild of one table during the copy does without.
         """
-        with conn.pipeline(), conn.cursor() as pending, conn.cursor() as sized, conn.cursor() as present:
-            state.select_pending_objects(pending, schema)
-            if sizes:
-                sized.execute(_TABLE_SIZES, (schema,))
-            present.execute(_PRESENT, {"schema": sql.Identifier(schema).as_string(conn)})
+        with conn.cursor() as pending, conn.cursor() as sized, conn.cursor() as present:
+            with conn.pipeline():  # rows fetched once it ends
+                state.select_pending_objects(pending, schema)
+                if sizes:
+                    sized.execute(_TABLE_SIZES, (schema,))
+                present.execute(_PRESENT, {"schema": sql.Identifier(schema).as_string(conn)})
             found: dict[str, set] = {"index": set(), "constraint": set(), "forced": set()}
             for kind, table, name in present.fetchall():
                 found[kind].add((table, name))

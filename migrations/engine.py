@@ -201,9 +201,9 @@ def _copy_frozen(
     changed ones copied again.
     """
     started = time.monotonic()
-    with target.pipeline(), target.cursor() as tables, target.cursor() as objects:
-        copied = state.copied_tables(tables, endpoints.target_schema)
-        copied_objects = state.copied_large_objects(objects, endpoints.target_schema)
+    with target.cursor() as cur:
+        copied = state.copied_tables(cur, endpoints.target_schema)
+        copied_objects = state.copied_large_objects(cur, endpoints.target_schema)
     if thawed_since and (copied or copied_objects):
         run, copied = _recheck(endpoints, source, target, run, catalog, jobs, copied, copied_objects)
     pending = [t for name, t in catalog.tables.items() if name not in copied]
@@ -456,12 +456,14 @@ def prepare_target(
             _index_reference(cur, endpoints.target_schema, ref)
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
-        with target.pipeline(), target.cursor() as reading:  # one round trip for the bookkeeping
-            state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
-            if init_sql is not None:
-                state.record_init(cur, endpoints.target_schema, _digest(init_sql))
-            state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
-            return state.load_run(reading, endpoints.target_schema)
+        with target.cursor() as reading:
+            with target.pipeline():  # one round trip for the bookkeeping
+                state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
+                if init_sql is not None:
+                    state.record_init(cur, endpoints.target_schema, _digest(init_sql))
+                state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
+                state.select_run(reading, endpoints.target_schema)
+            return state.fetch_run(reading)
 
 
 def _holding_rows(cur: psycopg.Cursor, schema: str, tables: list[Table]) -> list[str]:

@@ -192,12 +192,14 @@ def _with_locks(
         try:
             with conn.transaction(), conn.cursor() as cur:
                 # In a pipeline, the statements whose rows are read each have a cursor of their own.
-                with conn.pipeline(), conn.cursor() as listing, conn.cursor() as schemas, conn.cursor() as settings:
-                    if prepare:
-                        prepare(cur)
-                    schemas.execute(_SCHEMAS, (schema, FREEZE_SCHEMA))
-                    settings.execute("SELECT current_setting('deadlock_timeout')::interval")
-                    tables = [table for table, frozen in _tables(listing, schema) if wanted(frozen)]
+                with conn.cursor() as listing, conn.cursor() as schemas, conn.cursor() as settings:
+                    with conn.pipeline():  # rows fetched once it ends
+                        if prepare:
+                            prepare(cur)
+                        schemas.execute(_SCHEMAS, (schema, FREEZE_SCHEMA))
+                        settings.execute("SELECT current_setting('deadlock_timeout')::interval")
+                        _select_tables(listing, schema)
+                    tables = [table for table, frozen in _ordered(listing.fetchall()) if wanted(frozen)]
                     exists, others = schemas.fetchone()
                     ceiling = settings.fetchone()[0].total_seconds() / 2
                 if missing:
@@ -274,8 +276,16 @@ def unfrozen_tables(conn: psycopg.Connection, schema: str) -> list[str]:
 
 def _tables(cur: psycopg.Cursor, schema: str) -> list[tuple[str, bool]]:
     """Every table and partition of ``schema``, in the order writers lock them: parents first, then by name."""
+    _select_tables(cur, schema)
+    return _ordered(cur.fetchall())
+
+
+def _select_tables(cur: psycopg.Cursor, schema: str) -> None:
     cur.execute(_FROZEN_TABLES, {"schema": schema, "trigger": FREEZE_TRIGGER})
-    rows = cur.fetchall()
+
+
+def _ordered(rows: list[tuple[str, bool, list[str]]]) -> list[tuple[str, bool]]:
+    """``_FROZEN_TABLES``' rows as (table, frozen), parents first, then by name."""
     frozen = {table: is_frozen for table, is_frozen, _ in rows}
     after = {table: set(parents) & frozen.keys() for table, _, parents in rows}
     ordered: list[str] = []

@@ -155,7 +155,7 @@ class Server:
 
 
 def read_server(conn: psycopg.Connection, side: str, where: str) -> Server:
-    with conn.pipeline(), conn.cursor() as cur:  # with the transaction's BEGIN
+    with conn.cursor() as cur:
         cur.execute(_SERVER)
         (
             started, oid, max_connections, superuser_reserved, reserved, in_use, max_locks, max_prepared, may_read,

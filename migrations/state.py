@@ -127,11 +127,20 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
 
 
 def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
+    select_run(cur, target_schema)
+    return fetch_run(cur)
+
+
+def select_run(cur: psycopg.Cursor, target_schema: str) -> None:
+    """The query of :func:`load_run` alone, for a pipeline that fetches later."""
     cur.execute(
         "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
         " init_digest, carried_back, finalized_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
         (target_schema,),
     )
+
+
+def fetch_run(cur: psycopg.Cursor) -> Run | None:
     row = cur.fetchone()
     return Run(*row) if row else None
 

@@ -18,7 +18,6 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -225,8 +224,8 @@ def _load(
             results.append(_stream_table(endpoints, source, target, watch, table, observer))
         else:
             with _ReadAhead(endpoints, source, batch, reading) as ahead:
-                for table, (blocks, rows) in zip(batch, ahead):
-                    results.append(_write_table(endpoints, target, watch, table, blocks, rows, observer))
+                for table in batch:
+                    results.append(_write_table(endpoints, target, watch, table, *ahead.take(), observer))
         with target.pipeline(), target.cursor() as cur:
             for result in results:
                 as_stored.put_back(cur, guards, result.table)
@@ -330,8 +329,8 @@ class _ReadAhead:
 
     While the target loads one table, the next one's COPY is already under
     way on the source, so the source's round trip per table overlaps the
-    target's. Iterating gives each table's (blocks, rows) in order; a failure
-    to read is raised there. Small tables only: each is held in memory until
+    target's. ``take`` gives each table's (blocks, rows) in turn, or raises
+    why it could not be read. Small tables only: each is held in memory until
     it is loaded, at most three at a time.
     """
 
@@ -350,11 +349,12 @@ class _ReadAhead:
         self._stop.set()
         self._thread.join()  # a read under way ends, or fails: the watchdog breaks a stalled one
 
-    def __iter__(self) -> Iterator[tuple[list[bytes], int]]:
-        while (item := self._items.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    def take(self) -> tuple[list[bytes], int]:
+        """The next table's rows, once read."""
+        item = self._items.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def _read(self, endpoints: Endpoints, source: psycopg.Connection, tables: list[Table], watch: _Watchdog) -> None:
         try:
@@ -372,7 +372,6 @@ class _ReadAhead:
                         blocks.append(bytes(block))
                     if not self._put((blocks, cur.rowcount)):
                         return
-            self._put(None)
         except BaseException as error:  # raised in the loading thread
             self._put(error)
 

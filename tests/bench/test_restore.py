@@ -77,7 +77,7 @@ def shop(target_server, new_database):
 
 
 def _connect(conninfo: str):
-    return lambda: psycopg.connect(conninfo, options=SESSION_OPTIONS)
+    return lambda **options: psycopg.connect(conninfo, options=SESSION_OPTIONS, **options)
 
 
 def _set_aside(conninfo: str) -> list[state.DeferredObject]:

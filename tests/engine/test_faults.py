@@ -32,6 +32,21 @@ FROM generate_series(1, 300000) i;
 """
 
 
+# Small tables, loaded a batch to a transaction and read ahead from the source (see migrations.copy._ReadAhead).
+SMALL_TABLES = [f"note_{n}" for n in range(1, 5)]
+SMALL_DDL = "CREATE SCHEMA IF NOT EXISTS ledger;\n" + "".join(
+    f"CREATE TABLE IF NOT EXISTS ledger.{name} (id bigint PRIMARY KEY, memo text NOT NULL);\n" for name in SMALL_TABLES
+)
+SMALL_FILL = "".join(
+    f"INSERT INTO ledger.{name} SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 10000) i;\n" for name in SMALL_TABLES
+)
+# The shapes a stall can hit: (init SQL, rows, the tables, the table being copied when some 2 MB have passed).
+SHAPES = {
+    "a large table streamed": (DDL, FILL, ["entry"], "entry"),
+    "small tables read ahead": (SMALL_DDL, SMALL_FILL, SMALL_TABLES, "note_2"),
+}
+
+
 def _set_on_database(conninfo: str, settings: dict[str, str]) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         database = conn.info.dbname
@@ -137,36 +152,38 @@ def test_a_link_cut_mid_copy_names_its_side_and_the_table_lifts_the_freeze_and_a
     assert table_rows(target, SCHEMA) == table_rows(source, SCHEMA)
 
 
+@pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_a_link_that_stalls_mid_copy_is_broken_in_bounded_time_naming_its_side_and_a_rerun_converges(
-    side, source_server, target_server, new_database, monkeypatch
+    side, shape, source_server, target_server, new_database, monkeypatch
 ):
     monkeypatch.setenv(NETWORK_TIMEOUT_VARIABLE, "3")
+    ddl, fill, tables, stalled_in = SHAPES[shape]
     source, target = new_database(source_server, "stall_src"), new_database(target_server, "stall_dst")
     with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(DDL)
-        conn.execute(FILL)
+        conn.execute(ddl)
+        conn.execute(fill)
     server = source_server if side == "source" else target_server
-    # Some MB into the table's COPY the link stops forwarding, both sockets left open.
-    with fault_proxy(server.port, cut_after=4_000_000, to_server=side == "target", stall=True) as proxy:
+    # Some MB into the copy the link stops forwarding, both sockets left open.
+    with fault_proxy(server.port, cut_after=2_000_000, to_server=side == "target", stall=True) as proxy:
         via_proxy = make_conninfo(source if side == "source" else target, port=proxy.port)
         endpoints = Endpoints(via_proxy, SCHEMA, target, SCHEMA) if side == "source" else Endpoints(source, SCHEMA, via_proxy, SCHEMA)
         started = time.monotonic()
         with pytest.raises(MigrationError) as failure:
-            engine.migrate(endpoints, init_sql=DDL, jobs=1)
+            engine.migrate(endpoints, init_sql=ddl, jobs=1)
         assert time.monotonic() - started < 10
         assert proxy.stalls == 1
 
         message = str(failure.value)
         assert "\n" not in message
-        assert f"copy of table entry failed on the {side} 127.0.0.1:{proxy.port}/" in message, message
+        assert f"copy of table {stalled_in} failed on the {side} 127.0.0.1:{proxy.port}/" in message, message
         assert "stalled, no data for 3 s" in message, message
         assert "freeze" in message and "lifted" in message
         with psycopg.connect(source) as conn:
-            assert unfrozen_tables(conn, SCHEMA) == ["entry"]
+            assert unfrozen_tables(conn, SCHEMA) == tables
 
         proxy.cut_after = None  # the link forwards again: the same command, the same route
-        report = engine.migrate(endpoints, init_sql=DDL, jobs=2)
+        report = engine.migrate(endpoints, init_sql=ddl, jobs=2)
     assert report.verified
     assert table_rows(target, SCHEMA) == table_rows(source, SCHEMA)
 

@@ -215,11 +215,11 @@ def _load(
         with target.pipeline(), target.cursor() as cur:
             cur.execute("BEGIN")
             cur.execute("SET LOCAL synchronous_commit = off")
-            for table in batch:
-                target_table = table.own_rows(endpoints.target_schema)
+            for each in batch:
+                target_table = each.own_rows(endpoints.target_schema)
                 cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target_table))
-                as_stored.lift(cur, guards, table.name)
-                cur.execute(_truncate_if_empty(cur, target_table, table.name))
+                as_stored.lift(cur, guards, each.name)
+                cur.execute(_truncate_if_empty(cur, target_table, each.name))
         if len(batch) == 1:
             results.append(_stream_table(endpoints, source, target, watch, table, observer))
         else:

@@ -279,6 +279,10 @@ def _stop_applying(target: psycopg.Connection, endpoints: Endpoints, timeout: fl
     """
     name = replication_name(endpoints.target_schema)
     target.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(name)))
+    # A disabled worker exits only once it next rereads its subscription, a fraction of a second
+    # later or more, while writes are refused. It has nothing left to apply (the catch-up saw the
+    # frozen source's last mark), and it runs as the subscription's owner, this role: end it now.
+    target.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_subscription WHERE subname = %s AND pid IS NOT NULL", (name,))
     deadline = time.monotonic() + timeout
     while target.execute(
         "SELECT EXISTS (SELECT FROM pg_stat_subscription WHERE subname = %s AND pid IS NOT NULL)", (name,)

@@ -231,7 +231,6 @@ def _recheck(
     changed = [v.table for v in verify_tables(endpoints, tables, jobs) if not v.identical]
     oids = large_objects.referenced(source, endpoints.source_schema)
     changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids) if copied_objects else []
-    source.commit()
     if not changed and not changed_objects:
         return run, copied
     log.warning(

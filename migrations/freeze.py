@@ -205,17 +205,17 @@ def _with_locks(
                 if missing:
                     _refuse_missing(conn, schema, exists, others, missing)
                 if tables:
-                    # Below the deadlock_timeout: the freeze backs off before the server picks a victim.
-                    timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(
-                        sql.Literal(f"{max(1, round(min(attempt_seconds, ceiling) * 1000))}ms")
-                    )
+                    # Below the deadlock_timeout: the freeze backs off before the server picks a victim;
+                    # and never past the deadline, so the last attempt ends on it.
+                    seconds = min(attempt_seconds, ceiling, deadline - time.monotonic())
+                    timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, round(seconds * 1000))}ms"))
                     _execute_all(cur, [timeout] + change(tables))  # each statement takes its table's lock, in this order
             return tables
         except psycopg.errors.LockNotAvailable:
-            pause = min(LONGEST_PAUSE_SECONDS, random.uniform(0, attempt_seconds * 2))
-            if time.monotonic() + pause > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise FreezeNotAcquired(_not_acquired(conn, schema, mode, wait, attempts)) from None
-            time.sleep(pause)
+            time.sleep(min(remaining, LONGEST_PAUSE_SECONDS, random.uniform(0, attempt_seconds * 2)))
             attempt_seconds *= 2
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger("migrations")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    # Even when started with SIGINT ignored (a shell's `&` without job control does that): an interrupt stops the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",

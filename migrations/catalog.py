@@ -83,7 +83,7 @@ class Catalog:
 
 # The tables whose rows the schema holds (a partition's rows are its root's).
 _OWN_TABLES = (
-    "SELECT c.oid FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace"
+    "SELECT c.oid FROM pg_class c WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s)"
     " AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
 )
 
@@ -132,7 +132,7 @@ WHERE n.nspname = %s AND s.relkind = 'S'
 _PARTITIONS = """
 SELECT c.relname, format('OF %%s %%s', quote_ident(p.relname), pg_get_expr(c.relpartbound, c.oid))
 FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid JOIN pg_class p ON p.oid = i.inhparent
-WHERE c.relnamespace = %s::regnamespace AND c.relispartition AND c.relkind IN ('r', 'p')
+WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) AND c.relispartition AND c.relkind IN ('r', 'p')
 """
 
 # A materialized view and the schema's other materialized views its query reads.
@@ -143,7 +143,7 @@ SELECT m.relname, m.relispopulated,
              JOIN pg_class r ON d.refclassid = 'pg_class'::regclass AND r.oid = d.refobjid
              WHERE w.ev_class = m.oid AND r.oid <> m.oid AND r.relkind = 'm' AND r.relnamespace = m.relnamespace
              ORDER BY 1)::text[]
-FROM pg_class m WHERE m.relnamespace = %s::regnamespace AND m.relkind = 'm'
+FROM pg_class m WHERE m.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) AND m.relkind = 'm'
 """
 
 # Triggers cloned from a partitioned table's onto its partitions are the parent's;
@@ -151,7 +151,7 @@ FROM pg_class m WHERE m.relnamespace = %s::regnamespace AND m.relkind = 'm'
 _TRIGGERS = """
 SELECT c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid) || ' (' || t.tgenabled::text || ')'
 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname <> %s
+WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) AND NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgname <> %s
 """
 
 _POLICIES = """
@@ -159,39 +159,38 @@ SELECT c.relname || '.' || p.polname,
        concat_ws(' ', p.polcmd, CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
                  'USING', pg_get_expr(p.polqual, p.polrelid), 'CHECK', pg_get_expr(p.polwithcheck, p.polrelid))
 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
-WHERE c.relnamespace = %s::regnamespace
+WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s)
 """
 
 _ROW_SECURITY = """
 SELECT relname, relforcerowsecurity FROM pg_class
-WHERE relnamespace = %s::regnamespace AND relkind IN ('r', 'p') AND relrowsecurity
+WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) AND relkind IN ('r', 'p') AND relrowsecurity
 """
 
 
 def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
     """Tables, columns, primary keys, sequences, partitions, materialized views, triggers and policies of ``schema``."""
-    quoted_schema, exists = conn.execute(
-        "SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema)
-    ).fetchone()
-    if not exists:
-        return Catalog(schema, exists=False)
-    # One round trip for all the rest: over a slow link each query would cost one.
-    schema_only = {"schema": quoted_schema}
+    # One round trip for all of it: over a slow link each query would cost one. A missing schema reads as empty.
+    schema_only = {"schema": schema}
     with conn.pipeline():
         found = {
             name: conn.execute(query, params)
             for name, query, params in (
+                ("schema", "SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema)),
                 ("tables", _TABLES, schema_only),
                 ("columns", _COLUMNS, schema_only | {"first_user_oid": FIRST_USER_OID}),
                 ("primary_keys", _PRIMARY_KEYS, schema_only),
                 ("sequences", _SEQUENCES, (schema,)),
-                ("partitions", _PARTITIONS, (quoted_schema,)),
-                ("materialized_views", _MATERIALIZED_VIEWS, (quoted_schema,)),
-                ("triggers", _TRIGGERS, (quoted_schema, FREEZE_TRIGGER)),
-                ("policies", _POLICIES, (quoted_schema,)),
-                ("row_security", _ROW_SECURITY, (quoted_schema,)),
+                ("partitions", _PARTITIONS, (schema,)),
+                ("materialized_views", _MATERIALIZED_VIEWS, (schema,)),
+                ("triggers", _TRIGGERS, (schema, FREEZE_TRIGGER)),
+                ("policies", _POLICIES, (schema,)),
+                ("row_security", _ROW_SECURITY, (schema,)),
             )
         }
+    quoted_schema, exists = found["schema"].fetchone()
+    if not exists:
+        return Catalog(schema, exists=False)
     names = {oid: (name, rows, size, partitioned) for oid, name, rows, size, partitioned in found["tables"].fetchall()}
     columns: dict[int, list[tuple[Column, bool]]] = {oid: [] for oid in names}
     for oid, name, type_, not_null, generated, binary_safe in found["columns"].fetchall():

@@ -40,6 +40,9 @@ SESSION_OPTIONS = " ".join(
     }.items()
 )
 
+# The start of every engine session's application_name (then its role and the service's schema).
+APPLICATION_NAME = "hexabuilders-migration"
+
 # Seconds within which an unreachable or dead peer is noticed: the connection
 # attempt, and (TCP keepalives, tcp_user_timeout) an established connection
 # whose peer stopped answering. MIGRATIONS_NETWORK_TIMEOUT overrides it.
@@ -87,7 +90,7 @@ def connect(conninfo: str, role: str, *, autocommit: bool = False, schema: str =
     (what an operator sees in pg_stat_activity).
     """
     try:
-        conn = psycopg.connect(_session(conninfo, role, schema), autocommit=autocommit)
+        conn = _Engine.connect(_session(conninfo, role, schema), autocommit=autocommit)
     except psycopg.OperationalError as error:
         raise ConnectionFailed(f"cannot connect to {role} {describe(conninfo)}: {one_line(error)}") from None
     _open.add(conn)
@@ -96,7 +99,7 @@ def connect(conninfo: str, role: str, *, autocommit: bool = False, schema: str =
 
 def _session(conninfo: str, role: str, schema: str) -> str:
     """``conninfo`` with the engine's session settings, network timeouts and application_name."""
-    application_name = " ".join(filter(None, ("hexabuilders-migration", role, schema)))[:63]
+    application_name = " ".join(filter(None, (APPLICATION_NAME, role, schema)))[:63]
     try:
         given = conninfo_to_dict(conninfo)
         # What the connection string sets itself wins.
@@ -107,7 +110,52 @@ def _session(conninfo: str, role: str, schema: str) -> str:
         raise ConnectionFailed(f"{role} connection string is not a valid libpq URL or key=value string") from None
 
 
-class _Lent(psycopg.Connection):
+# Server sessions of this process's connections whose link broke, by server:
+# behind a half-open link the server may not notice for minutes, and such a
+# session keeps its locks (a COPY's on the table the freeze must lift).
+_orphans: dict[tuple[str | None, int | None, str | None], set[int]] = {}
+
+
+class _Engine(psycopg.Connection):
+    """An engine connection: one that breaks leaves its server session's pid behind, for ``end_orphaned_sessions``."""
+
+    _server_session: tuple[tuple[str | None, int | None, str | None], int]  # (server, pid): read once broken, they are gone
+
+    @classmethod
+    def connect(cls, *args, **kwargs) -> _Engine:
+        conn = super().connect(*args, **kwargs)
+        conn._server_session = (_server_of(conn), conn.info.backend_pid)
+        return conn
+
+    def close(self) -> None:
+        if self.broken:
+            server, pid = self._server_session
+            _orphans.setdefault(server, set()).add(pid)
+        super().close()
+
+
+def _server_of(conn: psycopg.Connection) -> tuple[str | None, int | None, str | None]:
+    return conn.info.host, conn.info.port, conn.info.dbname
+
+
+def end_orphaned_sessions(conn: psycopg.Connection) -> int:
+    """End the server sessions, on ``conn``'s server, of this process's engine connections whose link broke; how many.
+
+    Only sessions still named as the engine's: a pid the server has since given to another session is left alone.
+    """
+    pids = _orphans.pop(_server_of(conn), set())
+    if not pids:
+        return 0
+    ended = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE pid = ANY(%s) AND starts_with(application_name, %s)",
+        (sorted(pids), APPLICATION_NAME),
+    ).fetchone()[0]
+    conn.rollback()
+    return ended
+
+
+class _Lent(_Engine):
     """A connection of :class:`KeptOpen`: leaving its ``with`` block gives it back, as ``close()`` does.
 
     (psycopg leaves a pooled connection open at the end of its block, for the
@@ -227,11 +275,17 @@ def one_round_trip(conn: psycopg.Connection, *, roll_back: bool = False) -> Iter
     """
     if not conn.autocommit:
         raise psycopg.ProgrammingError("one_round_trip needs an autocommit connection")
+    with rolled_back_on_error(conn), conn.pipeline(), conn.cursor() as cur:
+        cur.execute("BEGIN")
+        yield cur
+        cur.execute("ROLLBACK" if roll_back else "COMMIT")
+
+
+@contextmanager
+def rolled_back_on_error(conn: psycopg.Connection) -> Iterator[None]:
+    """For a transaction begun and ended by statements of the block (on an autocommit connection): rolled back on an error."""
     try:
-        with conn.pipeline(), conn.cursor() as cur:
-            cur.execute("BEGIN")
-            yield cur
-            cur.execute("ROLLBACK" if roll_back else "COMMIT")
+        yield
     except BaseException:
         if not conn.closed and not conn.broken:
             conn.rollback()

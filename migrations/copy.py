@@ -18,7 +18,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import psycopg
@@ -39,6 +41,10 @@ PROGRESS_EVERY = 8 * 1024 * 1024
 # BATCH_TABLES of them; a larger table is a batch of its own.
 BATCH_BYTES = 8 << 20
 BATCH_TABLES = 8
+# Connection pairs beside the jobs that load only small batches: their cost is
+# round trips more than server work, and the jobs stay on the large tables,
+# whose loads and index builds are what the copy waits for.
+SMALL_TABLE_LANES = 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ def copy_tables(
     tables and for servers reached over TLS. Once no batch is left to start, a
     free worker builds the indexes and keys of the large tables already
     loaded (see ``deferred.restore_table``) while the last ones still load.
+    Beside the ``jobs``, ``SMALL_TABLE_LANES`` more workers take only small
+    batches, smallest first.
     """
     if not tables:
         return []
@@ -111,27 +119,39 @@ def copy_tables(
             exported = coordinator.execute("SELECT pg_export_snapshot()")
         snapshot = exported.fetchone()[0]
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
-        queue = list(reversed(_batches(largest_first, jobs)))
+        queue = list(reversed(_batches(largest_first, jobs)))  # the jobs take from its end, the small-table lane from its start
         loaded: list[Table] = []  # copied, their indexes not yet built
         copying = [0]  # batches being copied right now
         results: dict[str, TableCopy] = {}
         lock, failed = threading.Lock(), threading.Event()
 
-        def worker() -> None:
+        def any_batch() -> tuple[list[Table], bool] | None:
+            """A job's next work (under ``lock``): the largest batch left to copy, else a loaded table's indexes."""
+            if queue:
+                copying[0] += 1
+                return queue.pop(), True
+            if loaded and copying[0]:
+                # Nothing left to start copying: build the indexes of a
+                # table already loaded while the last ones still load.
+                # Once none loads, deferred.restore builds the rest in parallel.
+                return [loaded.pop(0)], False
+            return None
+
+        def small_batch() -> tuple[list[Table], bool] | None:
+            """The small-table lane's next work (under ``lock``): the smallest batch left, if it is a small one."""
+            if queue and _small(queue[0]):
+                copying[0] += 1
+                return queue.pop(0), True
+            return None
+
+        def worker(take: Callable[[], tuple[list[Table], bool] | None]) -> None:
             connections: tuple[psycopg.Connection, psycopg.Connection] | None = None
             try:
                 while not failed.is_set() and not stopping():
                     with lock:
-                        if queue:
-                            batch, copy = queue.pop(), True
-                            copying[0] += 1
-                        elif loaded and copying[0]:
-                            # Nothing left to start copying: build the indexes of a
-                            # table already loaded while the last ones still load.
-                            # Once none loads, deferred.restore builds the rest in parallel.
-                            batch, copy = [loaded.pop(0)], False
-                        else:
+                        if (taken := take()) is None:
                             return
+                    batch, copy = taken
                     try:
                         if connections is None:
                             connections = _open(endpoints, snapshot)
@@ -153,8 +173,12 @@ def copy_tables(
                 for conn in connections or ():
                     conn.close()
 
-        run_all(jobs, [worker for _ in queue])
+        run_all(jobs + SMALL_TABLE_LANES, [partial(worker, small_batch)] * SMALL_TABLE_LANES + [partial(worker, any_batch)] * jobs)
     return [results[t.name] for t in largest_first]
+
+
+def _small(batch: list[Table]) -> bool:
+    return batch[0].size_bytes < BATCH_BYTES
 
 
 def _batches(largest_first: list[Table], jobs: int) -> list[list[Table]]:

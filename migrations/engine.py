@@ -22,7 +22,7 @@ from psycopg import sql
 from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, lifecycle, materialized_views, orphans
 from . import preflight, privileges, references, replicable, state
 from .catalog import Catalog, Table, compare, read_catalog
-from .connection import Endpoints, connect, one_line, one_round_trip, open_side_by_side
+from .connection import Endpoints, connect, end_orphaned_sessions, one_line, one_round_trip, open_side_by_side, rolled_back_on_error
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
 from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
 from .extensions import Extension
@@ -268,6 +268,8 @@ def _after_failure(endpoints: Endpoints, keep_frozen: bool) -> str:
         return f"{endpoints.source_identity} is still frozen (--keep-frozen); run the same command again to continue"
     try:
         with endpoints.connect_source() as source:
+            # A COPY's session behind a broken link would hold its table's lock for minutes.
+            end_orphaned_sessions(source)
             lifted = unfreeze(source, endpoints.source_schema)
     except (psycopg.Error, MigrationError) as error:
         return (
@@ -385,14 +387,12 @@ def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str, needed: 
     script = init_script.prepare(init_sql, target_schema)
     # The script may name its own types unqualified, and the extensions' (hstore, citext...), wherever they live.
     path = [target_schema] + sorted({e.schema for e in needed} - {target_schema}) + ["pg_catalog"]
-    cur.execute(
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; SET LOCAL search_path = {}").format(
-            sql.Identifier(target_schema), sql.SQL(", ").join(map(sql.Identifier, path))
-        )
+    prelude = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; SET LOCAL search_path = {};\n").format(
+        sql.Identifier(target_schema), sql.SQL(", ").join(map(sql.Identifier, path))
     )
     try:
-        # Then back to the session's own settings: a pg_dump script sets search_path and others for the whole session.
-        cur.execute(script + "\n;RESET ALL")
+        # One round trip. Then back to the session's own settings: a pg_dump script sets search_path and others for the whole session.
+        cur.execute(prelude.as_string(cur) + script + "\n;RESET ALL")
     except psycopg.Error as error:
         raise MigrationError(f"init SQL failed on the target, nothing was written: {one_line(error)}") from None
 
@@ -418,9 +418,8 @@ def prepare_target(
     applied again, so a script that is not idempotent (``pg_dump``'s) can be
     given to every run.
     """
-    with target.transaction(), target.cursor() as cur:
-        state.ensure(cur)
-        run = state.load_run(cur, endpoints.target_schema)
+    with rolled_back_on_error(target), target.cursor() as cur:  # committed with the bookkeeping, at the end
+        run = state.begin_run(cur, endpoints.target_schema)
         if run and run.source != endpoints.source_identity:
             raise MigrationError(
                 f"target {endpoints.target_identity} holds a copy of {run.source}, not of {endpoints.source_identity}"
@@ -445,7 +444,7 @@ def prepare_target(
         # An online run's tables hold what its subscription replicated.
         owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else state.copied_tables(cur, endpoints.target_schema)
         unowned = [source_catalog.tables[name] for name in sorted(source_catalog.tables.keys() - owned)]
-        if held := _holding_rows(cur, endpoints.target_schema, unowned):
+        if held := _holding_rows(cur, target_catalog, unowned):
             raise ForeignRows(
                 f"target table{'s' if len(held) > 1 else ''} {', '.join(f'{endpoints.target_schema}.{n}' for n in held)}"
                 f" on {endpoints.target_identity} hold{'' if len(held) > 1 else 's'} rows this engine did not write;"
@@ -456,21 +455,22 @@ def prepare_target(
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
         with target.cursor() as reading:
-            with target.pipeline():  # one round trip for the bookkeeping
+            with target.pipeline():  # one round trip for the bookkeeping and the commit
                 state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
                 if init_sql is not None:
                     state.record_init(cur, endpoints.target_schema, _digest(init_sql))
                 state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
                 state.select_run(reading, endpoints.target_schema)
+                cur.execute("COMMIT")
             return state.fetch_run(reading)
 
 
-def _holding_rows(cur: psycopg.Cursor, schema: str, tables: list[Table]) -> list[str]:
-    """Which of ``tables`` hold rows on the target: one question for all of them, under any FORCEd policy lifted."""
+def _holding_rows(cur: psycopg.Cursor, target: Catalog, tables: list[Table]) -> list[str]:
+    """Which of ``tables`` hold rows on the ``target``: one question for all of them, under any FORCEd policy lifted."""
     if not tables:
         return []
-    guarded = as_stored.Guards.read(cur.connection, schema).forced
-    forced = [t.name for t in tables if t.name in guarded]
+    schema = target.schema
+    forced = [t.name for t in tables if target.row_security.get(t.name)]
     for statement in as_stored.forcing(schema, forced, force=False):
         cur.execute(statement)
     cur.execute(

@@ -23,6 +23,7 @@ import psycopg
 
 from .collation import Locale, refuse_collation_change
 from .connection import Endpoints, describe
+from .copy import SMALL_TABLE_LANES
 from .errors import MigrationError
 from .parallel import run_all
 
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 # Connections a run holds besides its jobs, not yet open when ``check`` counts
 # (the run's lock holder and its source and target connections are open, and
 # counted): the source connection that exports the copy's snapshot (and leads
-# the verification). ``engine.migrate`` keeps this many open, a side.
-EXTRA_SOURCE_CONNECTIONS = 1
-EXTRA_TARGET_CONNECTIONS = 0
+# the verification), and the small-table lanes' pairs. ``engine.migrate`` keeps
+# this many open, a side.
+EXTRA_SOURCE_CONNECTIONS = 1 + SMALL_TABLE_LANES
+EXTRA_TARGET_CONNECTIONS = SMALL_TABLE_LANES
 
 # Counted as in use: client backends, and (a role without pg_read_all_stats
 # sees no backend_type of other roles' sessions) every session that has a role.
@@ -205,15 +207,17 @@ def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Conn
     if refusal := lock_table_refusal(target_server, relations, endpoints.source_identity):
         raise MigrationError(refusal)
     fit, binding = jobs_that_fit(source_server.room, target_server.room, source_server.same_server(target_server))
+    own = _own_connections(binding.side, source_server.same_server(target_server))
     if fit < 1:
         raise MigrationError(
-            f"not one copy job fits: {binding.why}, and each job needs one source and one target connection"
-            f" besides the run's own; {binding.fix}, then run the same command again; nothing was written"
+            f"not one copy job fits: {binding.why}, the run needs {own} of them for itself and each job one source"
+            f" and one target connection; {binding.fix}, then run the same command again; nothing was written"
         )
     if fit < jobs:
         log.warning(
-            "jobs capped at %d (asked for %d): %s, and each job holds one source and one target connection",
-            fit, jobs, binding.why,
+            "jobs capped at %d (asked for %d): %s, the run needs %d of them for itself and each job one source"
+            " and one target connection",
+            fit, jobs, binding.why, own,
         )
         return fit
     return jobs
@@ -227,10 +231,17 @@ def jobs_that_fit(source: Room, target: Room, same_server: bool) -> tuple[int, R
     databases of it) a job takes two of its connections.
     """
     if same_server:
-        return (source.free - EXTRA_SOURCE_CONNECTIONS - EXTRA_TARGET_CONNECTIONS) // 2, source
+        return max(0, (source.free - EXTRA_SOURCE_CONNECTIONS - EXTRA_TARGET_CONNECTIONS) // 2), source
     by_source = source.free - EXTRA_SOURCE_CONNECTIONS
     by_target = target.free - EXTRA_TARGET_CONNECTIONS
-    return (by_source, source) if by_source < by_target else (by_target, target)
+    return (max(0, by_source), source) if by_source < by_target else (max(0, by_target), target)
+
+
+def _own_connections(side: str, same_server: bool) -> int:
+    """The connections still to open on ``side`` that the run holds besides the jobs'."""
+    if same_server:
+        return EXTRA_SOURCE_CONNECTIONS + EXTRA_TARGET_CONNECTIONS
+    return EXTRA_SOURCE_CONNECTIONS if side == "source" else EXTRA_TARGET_CONNECTIONS
 
 
 def locks_needed(relations: int) -> int:

@@ -9,6 +9,8 @@ highest value either service has drawn.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import psycopg
 from psycopg import sql
 
@@ -50,18 +52,20 @@ def carry_sequences(
         return {}
     names = sorted(origins)
     sources = [origins[name].as_string(source) for name in names]
-    current = {
-        origin: (last_value, is_called)
-        for origin, last_value, is_called in source.execute(
-            sql.SQL(" UNION ALL ").join(
-                sql.SQL("SELECT {}, last_value, is_called FROM {}").format(sql.Literal(origin), origins[name])
-                for name, origin in zip(names, sources)
+    with source.cursor() as at, source.cursor() as users:
+        with source.pipeline():  # rows fetched once it ends: one round trip for both
+            at.execute(
+                sql.SQL(" UNION ALL ").join(
+                    sql.SQL("SELECT {}, last_value, is_called FROM {}").format(sql.Literal(origin), origins[name])
+                    for name, origin in zip(names, sources)
+                )
             )
-        )
-    }
-    highest = highest_drawn_all(source, [origins[name] for name in names])
+            users.execute(SEQUENCE_USERS, {"sequences": sources})
+        current = {origin: (last_value, is_called) for origin, last_value, is_called in at.fetchall()}
+        highest = _highest(source, sources, users.fetchall())
     positions = {name: _past(*current[origin], highest[origin]) for name, origin in zip(names, sources)}
-    with target.transaction(), target.cursor() as tgt:
+    # One statement, atomic alone: on an autocommit connection it needs no transaction's round trips.
+    with nullcontext() if target.autocommit else target.transaction(), target.cursor() as tgt:
         tgt.execute(
             "SELECT setval(s::regclass, v, c) FROM unnest(%s::text[], %s::bigint[], %s::bool[]) AS t(s, v, c)",
             (
@@ -83,8 +87,12 @@ def _past(last_value: int, is_called: bool, highest: int | None) -> tuple[int, b
 def highest_drawn_all(conn: psycopg.Connection, sequences: list[sql.Identifier]) -> dict[str, int | None]:
     """For each sequence (by its qualified name), the highest value held by any column of the database drawing from it."""
     names = [sequence.as_string(conn) for sequence in sequences]
+    return _highest(conn, names, conn.execute(SEQUENCE_USERS, {"sequences": names}).fetchall())
+
+
+def _highest(conn: psycopg.Connection, names: list[str], users: list[tuple[str, str, str, str]]) -> dict[str, int | None]:
+    """For each sequence of ``names``, the highest value its ``users`` (rows of ``SEQUENCE_USERS``) hold."""
     highest: dict[str, int | None] = dict.fromkeys(names)
-    users = conn.execute(SEQUENCE_USERS, {"sequences": names}).fetchall()
     if users:
         maxima = sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {}, max({})::bigint FROM {}").format(

@@ -105,9 +105,12 @@ class DeferredObject:
     definition: str
 
 
+_ENSURE = sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}));").format(sql.Literal(STATE_SCHEMA)) + sql.SQL(_DDL)
+
+
 def ensure(cur: psycopg.Cursor) -> None:
     """Create the bookkeeping tables if they are missing (one round trip, under a lock two runs share)."""
-    cur.execute(sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}));").format(sql.Literal(STATE_SCHEMA)) + sql.SQL(_DDL))
+    cur.execute(_ENSURE)
 
 
 def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -> bool:
@@ -126,6 +129,25 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
     return True
 
 
+_SELECT_RUN = sql.SQL(
+    "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
+    " init_digest, carried_back, finalized_at IS NOT NULL FROM schema_migration.run WHERE target_schema = {} FOR UPDATE"
+)
+
+
+def begin_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
+    """On an autocommit connection: begin a transaction, :func:`ensure`, :func:`load_run`; one round trip.
+
+    The transaction stays open: the caller commits or rolls it back.
+    """
+    if not cur.connection.autocommit:
+        raise psycopg.ProgrammingError("begin_run needs an autocommit connection")
+    cur.execute(sql.SQL("BEGIN; {}; {}").format(_ENSURE, _SELECT_RUN.format(sql.Literal(target_schema))))
+    while cur.nextset():  # the run's row comes last
+        pass
+    return fetch_run(cur)
+
+
 def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
     select_run(cur, target_schema)
     return fetch_run(cur)
@@ -133,11 +155,7 @@ def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
 
 def select_run(cur: psycopg.Cursor, target_schema: str) -> None:
     """The query of :func:`load_run` alone, for a pipeline that fetches later."""
-    cur.execute(
-        "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
-        " init_digest, carried_back, finalized_at IS NOT NULL FROM schema_migration.run WHERE target_schema = %s FOR UPDATE",
-        (target_schema,),
-    )
+    cur.execute(_SELECT_RUN.format(sql.Placeholder()), (target_schema,))
 
 
 def fetch_run(cur: psycopg.Cursor) -> Run | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -13,8 +14,8 @@ from psycopg import sql
 
 from psycopg.conninfo import make_conninfo
 
-from migrations import engine
-from migrations.connection import NETWORK_TIMEOUT_VARIABLE, Endpoints
+from migrations import copy, engine
+from migrations.connection import NETWORK_TIMEOUT_VARIABLE, Endpoints, connect, end_orphaned_sessions
 from migrations.errors import ConnectionFailed, MigrationError
 from migrations.freeze import unfrozen_tables
 from tests.fault_proxy import fault_proxy
@@ -122,6 +123,34 @@ def test_a_bad_network_timeout_is_refused_in_one_line(monkeypatch):
         Endpoints("host=127.0.0.1 dbname=a", "s", "host=127.0.0.1 dbname=b", "s").connect_source()
 
 
+def test_the_server_session_of_a_connection_whose_link_broke_is_ended_and_its_locks_go(source_server, new_database):
+    """Behind a half-open link the server never hears of the break: its session would keep a table's lock for
+    minutes, and the freeze could not be lifted (the engine ends such sessions before lifting it)."""
+    source = new_database(source_server, "orphan_src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(DDL)
+    with fault_proxy(source_server.port, cut_after=20_000, to_server=True, stall=True) as proxy:
+        via_proxy = make_conninfo(source, port=proxy.port)
+        conn = connect(via_proxy, "source", schema=SCHEMA)
+        conn.execute("LOCK TABLE ledger.entry IN ACCESS SHARE MODE")  # in a transaction, as a COPY's read is
+        pid = conn.info.backend_pid
+        # The proxy stalls this statement on its way: the client gives up on the link, the server is left waiting.
+        threading.Timer(0.5, lambda: socket.socket(fileno=os.dup(conn.pgconn.socket)).shutdown(socket.SHUT_RDWR)).start()
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT %s", ["x" * 50_000])
+        conn.close()
+        with psycopg.connect(source, autocommit=True) as admin:
+            held = "SELECT count(*) FROM pg_locks WHERE pid = %s AND relation = 'ledger.entry'::regclass"
+            assert admin.execute(held, (pid,)).fetchone()[0] == 1
+            with connect(via_proxy, "source", schema=SCHEMA) as other:
+                assert end_orphaned_sessions(other) == 1
+                assert end_orphaned_sessions(other) == 0  # each one once
+            deadline = time.monotonic() + 5
+            while admin.execute(held, (pid,)).fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert admin.execute(held, (pid,)).fetchone()[0] == 0
+
+
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_a_link_cut_mid_copy_names_its_side_and_the_table_lifts_the_freeze_and_a_rerun_converges(
     side, source_server, target_server, new_database
@@ -158,6 +187,8 @@ def test_a_link_that_stalls_mid_copy_is_broken_in_bounded_time_naming_its_side_a
     side, shape, source_server, target_server, new_database, monkeypatch
 ):
     monkeypatch.setenv(NETWORK_TIMEOUT_VARIABLE, "3")
+    # One connection pair carries every batch, so the stall hits a known table (the lane runs the same load).
+    monkeypatch.setattr(copy, "SMALL_TABLE_LANES", 0)
     ddl, fill, tables, stalled_in = SHAPES[shape]
     source, target = new_database(source_server, "stall_src"), new_database(target_server, "stall_dst")
     with psycopg.connect(source, autocommit=True) as conn:

@@ -146,14 +146,15 @@ def leaving_room(server, room: int) -> Iterator[psycopg.Connection]:
 
 def test_jobs_are_capped_at_what_the_target_can_give_and_refused_when_none_fits(lab: Lab, target_server, tmp_path, caplog) -> None:
     source, target = lab.source(TEN_TABLES), lab.target()
-    # The run holds a lock holder and a coordinator on the target, and each job one more: room for 3 jobs.
-    with leaving_room(target_server, 2 + 3), caplog.at_level(logging.WARNING, logger="migrations"):
+    # The run holds a lock holder, a coordinator and the small tables' lane on the target, and each job one more: room for 3 jobs.
+    with leaving_room(target_server, 2 + 1 + 3), caplog.at_level(logging.WARNING, logger="migrations"):
         report = engine.migrate(Endpoints(source, TEN_TABLES.schema, target, TEN_TABLES.schema), init_sql=TEN_TABLES.init_sql, jobs=16)
     assert report.verified and len(report.tables) == 10
     capped = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
     assert capped == [
-        f"jobs capped at 3 (asked for 16): the target {where(target)} has 3 connections free (max_connections 100"
-        " - superuser_reserved_connections 3 - 94 in use), and each job holds one source and one target connection"
+        f"jobs capped at 3 (asked for 16): the target {where(target)} has 4 connections free (max_connections 100"
+        " - superuser_reserved_connections 3 - 93 in use), the run needs 1 of them for itself and each job one source"
+        " and one target connection"
     ]
 
     source, target = lab.source(TEN_TABLES), lab.target()
@@ -162,8 +163,8 @@ def test_jobs_are_capped_at_what_the_target_can_give_and_refused_when_none_fits(
     assert result.returncode == 2, result.stderr
     assert error_line(result) == (
         f"migrations: error: not one copy job fits: the target {where(target)} has 0 connections free"
-        " (max_connections 100 - superuser_reserved_connections 3 - 97 in use), and each job needs one source and"
-        " one target connection besides the run's own; close idle sessions there or raise max_connections"
+        " (max_connections 100 - superuser_reserved_connections 3 - 97 in use), the run needs 1 of them for itself and"
+        " each job one source and one target connection; close idle sessions there or raise max_connections"
         " (on Cloud SQL: the database flag max_connections), then run the same command again; nothing was written"
     )
     assert_not_frozen(source, TEN_TABLES.schema)
@@ -177,11 +178,11 @@ def room(side: str, free: int, max_connections: int = 25) -> preflight.Room:
 @pytest.mark.parametrize(
     "source_free, target_free, same_server, fit, bound_by",
     [
-        (50, 50, False, 49, "source"),  # the source also holds the snapshot's connection
-        (50, 10, False, 10, "target"),
+        (50, 50, False, 48, "source"),  # the source also holds the snapshot's connection, both sides the lane's
+        (50, 10, False, 9, "target"),
         (1, 50, False, 0, "source"),
         (50, 0, False, 0, "target"),
-        (21, 21, True, 10, "source"),  # one server: each job takes two of its connections
+        (21, 21, True, 9, "source"),  # one server: each job takes two of its connections
         (2, 2, True, 0, "source"),
     ],
 )
@@ -193,7 +194,7 @@ def test_jobs_that_fit(source_free, target_free, same_server, fit, bound_by) -> 
 def test_a_cloud_sql_micro_instance_gives_what_its_25_connections_leave() -> None:
     """migrationJobs: 64 on a db-f1-micro (max_connections 25): what is left, said with the arithmetic."""
     target = room("target", 22 - 4)  # 4 sessions besides
-    assert preflight.jobs_that_fit(room("source", 90, 200), target, False) == (18, target)
+    assert preflight.jobs_that_fit(room("source", 90, 200), target, False) == (17, target)
     assert target.why == (
         "the target target.example:5432/db has 18 connections free"
         " (max_connections 25 - superuser_reserved_connections 3 - 4 in use)"

@@ -82,7 +82,7 @@ def sync(
     """
     with endpoints.connect_target(autocommit=True) as lock_holder:
         _lock(lock_holder, endpoints)
-        with endpoints.connect_source() as source, endpoints.connect_target() as target:
+        with endpoints.connect_source() as source, endpoints.connect_target(autocommit=True) as target:
             preflight.check(endpoints, source, target, jobs=1)  # the same database twice, the lock table
             catalog = engine.read_source(source, endpoints)
             refs, needed = engine.refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
@@ -439,11 +439,9 @@ def _subscribe(
     # Only an earlier subscription of this run wrote here (prepare_target checked): start clean.
     emptied = [sql.Identifier(endpoints.target_schema, t) for t in tables]
     emptied.append(sql.Identifier(state.STATE_SCHEMA, "cutover_mark"))
-    target.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(emptied)))
-    target.commit()
+    target.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(emptied)))  # autocommit, as CREATE SUBSCRIPTION needs
     with endpoints.connect_source(autocommit=True) as admin:
         drop_slot(admin, name)  # left by a run killed between creating it and subscribing
-    target.autocommit = True
     try:
         target.execute(
             sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, slot_name = {}, disable_on_error = true)").format(
@@ -456,8 +454,6 @@ def _subscribe(
             f"cannot subscribe {endpoints.target_identity} to {endpoints.source_identity}"
             f" ({type(error).__name__}; check that the target server can reach the source and that wal_level is logical)"
         ) from None
-    finally:
-        target.autocommit = False
     log.info("subscribed %s to %s", endpoints.target_identity, endpoints.source_identity)
 
 

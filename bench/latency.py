@@ -11,8 +11,11 @@ from __future__ import annotations
 import collections
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 CHUNK = 1 << 20
 
@@ -82,3 +85,46 @@ class LatencyProxy:
     def close(self) -> None:
         self._closed.set()
         self._listener.close()
+
+
+class ProxyProcess:
+    """One LatencyProxy per upstream, in a process of its own.
+
+    In the benchmark's process, its own threads (the memory sampler) would
+    hold the interpreter lock now and then and delay forwarded chunks: a link
+    slower than the one asked for. ``endpoints`` are where each listens, in
+    the order of ``upstreams``. The process ends with ``close``, or when this
+    one ends (its stdin closes).
+    """
+
+    def __init__(self, upstreams: list[tuple[str, int]], delay: float):
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.latency", str(delay), *(f"{host}:{port}" for host, port in upstreams)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+        )
+        ports = self._process.stdout.readline().split()
+        if len(ports) != len(upstreams):
+            self.close()
+            raise RuntimeError("the latency proxy process did not start")
+        self.endpoints = [("127.0.0.1", int(port)) for port in ports]
+
+    def close(self) -> None:
+        self._process.stdin.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+
+def _serve(argv: list[str]) -> None:
+    """``python -m bench.latency DELAY HOST:PORT...``: print the proxies' ports on one line, forward until stdin closes."""
+    delay = float(argv[0])
+    proxies = [LatencyProxy((host, int(port)), delay) for host, port in (a.rsplit(":", 1) for a in argv[1:])]
+    print(" ".join(str(proxy.port) for proxy in proxies), flush=True)
+    sys.stdin.read()
+    for proxy in proxies:
+        proxy.close()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1:])

@@ -26,7 +26,7 @@ from migrations.rehearsal.localserver import LocalServer, LocalServerError
 from migrations.parallel import run_all
 
 from . import compare, dataset, measure, tools
-from .latency import LatencyProxy
+from .latency import ProxyProcess
 
 # Both servers alike, as a tuned production pair would be; nothing a tool sets
 # for itself (maintenance_work_mem, synchronous_commit...) is set here.
@@ -94,7 +94,8 @@ def run(options: Options, console: Console) -> dict:
     runnable = [tool for tool in chosen if tool.name not in missing]
 
     servers: list[LocalServer] = []
-    proxies: list[LatencyProxy] = []
+    proxy: ProxyProcess | None = None
+    proxies: list[tuple[str, int]] = []  # where each server's proxy listens
     settings = server_settings(options)
     try:
         source = LocalServer.start(workdir, "source", settings=settings)
@@ -102,7 +103,8 @@ def run(options: Options, console: Console) -> dict:
         target = LocalServer.start(workdir, "target", settings=settings)
         servers.append(target)
         if options.latency_ms:
-            proxies = [LatencyProxy((server.host, server.port), options.latency_ms / 1000) for server in servers]
+            proxy = ProxyProcess([(server.host, server.port) for server in servers], options.latency_ms / 1000)
+            proxies = proxy.endpoints
         passfile = _passfile(workdir, servers, proxies)
         env = tools.tool_env(passfile)
         init_sql = workdir / "init.sql"
@@ -111,7 +113,7 @@ def run(options: Options, console: Console) -> dict:
             source=source, target=target, source_db=SOURCE_DB, target_db=TARGET_DB, schema=options.schema,
             jobs=options.jobs, workdir=workdir, env=env, init_sql=init_sql,
             bare_sql=dataset.bare_sql(options.schema, options.tables),
-            proxies={server.port: (proxy.host, proxy.port) for server, proxy in zip(servers, proxies)},
+            proxies={server.port: listening for server, listening in zip(servers, proxies)},
         )
         if proxies:
             console.print(f"every tool reaches both servers through a proxy adding {options.latency_ms:g} ms each way")
@@ -137,7 +139,7 @@ def run(options: Options, console: Console) -> dict:
         results["workdir"] = str(workdir)
         return results
     finally:
-        for proxy in proxies:
+        if proxy:
             proxy.close()
         if not options.keep:
             for server in reversed(servers):
@@ -164,11 +166,11 @@ def server_settings(options: Options) -> dict[str, str]:
     return settings
 
 
-def _passfile(workdir: Path, servers: list[LocalServer], proxies: list[LatencyProxy] = ()) -> Path:
+def _passfile(workdir: Path, servers: list[LocalServer], proxies: list[tuple[str, int]] = ()) -> Path:
     """One .pgpass for both servers (each line bound to its port, and its proxy's), for the tools' PGPASSFILE."""
     lines = []
     for n, server in enumerate(servers):
-        ports = [server.port] + ([proxies[n].port] if proxies else [])
+        ports = [server.port] + ([proxies[n][1]] if proxies else [])
         for line in server.passfile.read_text(encoding="utf-8").splitlines():
             host, _port, rest = line.split(":", 2)
             lines.extend(f"{host}:{port}:{rest}\n" for port in ports)

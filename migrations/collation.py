@@ -35,7 +35,7 @@ SELECT DISTINCT c.relname, a.attname
 
 # to_jsonb, so the query reads the locale fields whatever this major version calls them
 # (daticulocale until 16, datlocale from 17).
-_DATABASE_LOCALE = "SELECT to_jsonb(d) FROM pg_database d WHERE datname = current_database()"
+DATABASE_LOCALE = "SELECT to_jsonb(d) FROM pg_database d WHERE datname = current_database()"
 
 
 class CollationMismatch(MigrationError):
@@ -50,8 +50,8 @@ class Locale:
     collate: str  # LC_COLLATE (libc), or the ICU / builtin locale
 
     @classmethod
-    def of(cls, conn: psycopg.Connection) -> Locale:
-        (row,) = conn.execute(_DATABASE_LOCALE).fetchone()
+    def of(cls, row: dict) -> Locale:
+        """From the row of ``DATABASE_LOCALE``."""
         provider = {"c": "libc", "i": "icu", "b": "builtin"}.get(row.get("datlocprovider") or "c", "libc")
         locale = row.get("datlocale") or row.get("daticulocale") if provider != "libc" else row["datcollate"]
         return cls(provider, locale or "")

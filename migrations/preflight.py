@@ -21,7 +21,7 @@ from datetime import datetime
 
 import psycopg
 
-from .collation import Locale, refuse_collation_change
+from .collation import DATABASE_LOCALE, Locale, refuse_collation_change
 from .connection import Endpoints, describe
 from .copy import SMALL_TABLE_LANES
 from .errors import MigrationError
@@ -156,28 +156,35 @@ class Server:
         return self.max_locks_per_transaction * (self.room.max_connections + self.max_prepared_transactions)
 
 
-def read_server(conn: psycopg.Connection, side: str, where: str) -> Server:
-    with conn.cursor() as cur:
-        cur.execute(_SERVER)
+def read_server(conn: psycopg.Connection, side: str, where: str, schema: str | None = None) -> tuple[Server, Locale, int]:
+    """The server as ``check`` sees it, its database's locale, and the relations of ``schema`` (0 without one).
+
+    Two round trips: the system identifier only where the role may read it.
+    """
+    with conn.cursor() as server, conn.cursor() as locale, conn.cursor() as relations:
+        with conn.pipeline():  # rows fetched once it ends
+            server.execute(_SERVER)
+            locale.execute(DATABASE_LOCALE)
+            relations.execute(_RELATIONS, (schema,))
         (
             started, oid, max_connections, superuser_reserved, reserved, in_use, max_locks, max_prepared, may_read,
             role_limit, role_in_use, database_limit, database_in_use,
-        ) = cur.fetchone()
+        ) = server.fetchone()
         system_identifier = None
         if may_read:
-            cur.execute("SELECT system_identifier FROM pg_control_system()")
-            system_identifier = cur.fetchone()[0]
-    return Server(
-        system_identifier,
-        started,
-        oid,
-        Room(
-            side, where, max_connections, superuser_reserved, reserved, in_use,
-            role_limit, role_in_use, database_limit, database_in_use,
-        ),
-        max_locks,
-        max_prepared,
-    )
+            system_identifier = server.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
+        found = Server(
+            system_identifier,
+            started,
+            oid,
+            Room(
+                side, where, max_connections, superuser_reserved, reserved, in_use,
+                role_limit, role_in_use, database_limit, database_in_use,
+            ),
+            max_locks,
+            max_prepared,
+        )
+        return found, Locale.of(locale.fetchone()[0]), relations.fetchone()[0]
 
 
 def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Connection, jobs: int) -> int:
@@ -187,13 +194,10 @@ def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Conn
     """
     try:
         # Each side on its own thread: over a slow link the two servers answer at the same time.
-        (source_server, source_locale), (target_server, target_locale) = run_all(2, [
-            lambda: (read_server(source, "source", describe(endpoints.source)), Locale.of(source)),
-            lambda: (read_server(target, "target", describe(endpoints.target)), Locale.of(target)),
+        (source_server, source_locale, relations), (target_server, target_locale, _) = run_all(2, [
+            lambda: read_server(source, "source", describe(endpoints.source), endpoints.source_schema),
+            lambda: read_server(target, "target", describe(endpoints.target)),
         ])
-        with source.cursor() as cur:
-            cur.execute(_RELATIONS, (endpoints.source_schema,))
-            relations = cur.fetchone()[0]
         refuse_collation_change(source, source_locale, target_locale, endpoints)
     finally:
         source.rollback()

@@ -166,17 +166,26 @@ def verify_schema(endpoints: Endpoints, jobs: int, compare: Comparison | None = 
     result = SchemaVerification()
     method = _common_method(endpoints)
     with endpoints.connect_source(autocommit=True) as source:
-        schema = sql.Identifier(endpoints.source_schema).as_string(source)
         relations, oid_columns = holdings(source, endpoints.source_schema, result.unchecked)
-        sequences = dict(source.execute(_SEQUENCE_POSITIONS, (schema,)).fetchall())
-        # The columns are this module's own reading of the catalog; the copy's list plays no part.
-        referenced = large_objects.referenced(source, endpoints.source_schema, oid_columns)
-        source_objects = dict(large_objects.digests(source, referenced))
-        source_next = _next_values(source, endpoints.source_schema, list(sequences))
         stored_rows = [replace(r, query=None) for r in relations]
-        stored = compare(stored_rows, method) if compare else _compare(endpoints, stored_rows, jobs, method)
+        # Sequences and large objects meanwhile, on this connection and one target connection more.
+        stored, _ = run_all(2, [
+            lambda: compare(stored_rows, method) if compare else _compare(endpoints, stored_rows, jobs, method),
+            lambda: _compare_sequences_and_objects(endpoints, source, oid_columns, result),
+        ])
         result.relations = _refreshed(source, endpoints.source_schema, stored, relations, result.unchecked, method)
-    # Once the workers have given their target connections back: a run keeps no more than its jobs open there.
+    return result
+
+
+def _compare_sequences_and_objects(
+    endpoints: Endpoints, source: psycopg.Connection, oid_columns: list[tuple[str, str]], result: SchemaVerification
+) -> None:
+    """Every sequence's next value, and the bytes of every large object the ``oid_columns`` refer to, into ``result``."""
+    sequences = dict(source.execute(_SEQUENCE_POSITIONS, (sql.Identifier(endpoints.source_schema).as_string(source),)).fetchall())
+    # The columns are this module's own reading of the catalog; the copy's list plays no part.
+    referenced = large_objects.referenced(source, endpoints.source_schema, oid_columns)
+    source_objects = dict(large_objects.digests(source, referenced))
+    source_next = _next_values(source, endpoints.source_schema, list(sequences))
     with endpoints.connect_target(autocommit=True) as target:
         target_sequences = {n for (n,) in target.execute(_SEQUENCES, (sql.Identifier(endpoints.target_schema).as_string(target),))}
         target_next = _next_values(target, endpoints.target_schema, sorted(target_sequences & sequences.keys()))
@@ -194,7 +203,6 @@ def verify_schema(endpoints: Endpoints, jobs: int, compare: Comparison | None = 
         for oid in referenced
         if target_objects.get(oid) != source_objects.get(oid)
     ]
-    return result
 
 
 def holdings(source: psycopg.Connection, schema: str, unchecked: list[str]) -> tuple[list[Relation], list[tuple[str, str]]]:

@@ -225,7 +225,7 @@ def test_the_connection_limits_are_read_for_a_role_that_is_no_superuser(lab: Lab
     try:
         target_server.add_password("limited_migrator", "limited")
         with psycopg.connect(make_conninfo(target, user="limited_migrator")) as conn:
-            room = preflight.read_server(conn, "target", where(target)).room
+            room = preflight.read_server(conn, "target", where(target))[0].room
         assert (room.role_limit, room.role_in_use, room.free) == (4, 1, 3)
         assert room.database_limit == 30 and room.database_in_use >= 1
         assert "lets the migration role open 3 more connections (its CONNECTION LIMIT 4 - 1 open)" in room.why

@@ -18,7 +18,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -106,7 +107,7 @@ def copy_tables(
     connection is opened per table, which matters for schemas of many small
     tables and for servers reached over TLS. Once no batch is left to start, a
     free worker builds the indexes and keys of the large tables already
-    loaded (see ``deferred.restore_table``) while the last ones still load.
+    loaded (see ``deferred.index_builds``) while the last ones still load.
     Beside the ``jobs``, ``SMALL_TABLE_LANES`` more workers take only small
     batches, smallest first.
     """
@@ -120,52 +121,62 @@ def copy_tables(
         snapshot = exported.fetchone()[0]
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
         queue = list(reversed(_batches(largest_first, jobs)))  # the jobs take from its end, the small-table lane from its start
-        loaded: list[Table] = []  # copied, their indexes not yet built
+        # Index builds of the large tables copied, largest table first: each a step, so that
+        # free workers build one table's indexes side by side.
+        building: list[tuple[Table, deferred.Step]] = []
         copying = [0]  # batches being copied right now
         results: dict[str, TableCopy] = {}
         lock, failed = threading.Lock(), threading.Event()
 
-        def any_batch() -> tuple[list[Table], bool] | None:
-            """A job's next work (under ``lock``): the largest batch left to copy, else a loaded table's indexes."""
+        def any_batch() -> tuple[list[Table], deferred.Step | None] | None:
+            """A job's next work (under ``lock``): the largest batch left to copy, else an index of a table copied."""
             if queue:
                 copying[0] += 1
-                return queue.pop(), True
-            if loaded and copying[0]:
-                # Nothing left to start copying: build the indexes of a
-                # table already loaded while the last ones still load.
+                return queue.pop(), None
+            if building and copying[0]:
+                # Nothing left to start copying: build an index of a table
+                # already loaded while the last ones still load.
                 # Once none loads, deferred.restore builds the rest in parallel.
-                return [loaded.pop(0)], False
+                table, step = building.pop(0)
+                return [table], step
             return None
 
-        def small_batch() -> tuple[list[Table], bool] | None:
+        def small_batch() -> tuple[list[Table], deferred.Step | None] | None:
             """The small-table lane's next work (under ``lock``): the smallest batch left, if it is a small one."""
             if queue and _small(queue[0]):
                 copying[0] += 1
-                return queue.pop(0), True
+                return queue.pop(0), None
             return None
 
-        def worker(take: Callable[[], tuple[list[Table], bool] | None]) -> None:
+        def worker(take: Callable[[], tuple[list[Table], deferred.Step | None] | None]) -> None:
             connections: tuple[psycopg.Connection, psycopg.Connection] | None = None
             try:
                 while not failed.is_set() and not stopping():
                     with lock:
                         if (taken := take()) is None:
                             return
-                    batch, copy = taken
+                    batch, build = taken
                     try:
                         if connections is None:
                             connections = _open(endpoints, snapshot)
-                        if copy:
+                        if build is None:
                             for result in _load(endpoints, *connections, guards, batch, observer):
                                 results[result.table] = result
+                            # A small table's indexes wait for deferred.restore, which
+                            # rebuilds many at once: one by one, each would cost round trips.
+                            builds = []
+                            for table in batch:
+                                if table.size_bytes >= deferred.SMALL_TABLES_BYTES:
+                                    with _rebuilding(endpoints, table):
+                                        steps = deferred.index_builds(connections[1], endpoints.target_schema, table.name)
+                                    builds += [(table, step) for step in steps]
                             with lock:
                                 copying[0] -= 1
-                                # A small table's indexes wait for deferred.restore, which
-                                # rebuilds many at once: one by one, each would cost round trips.
-                                loaded.extend(t for t in batch if t.size_bytes >= deferred.SMALL_TABLES_BYTES)
-                                loaded.sort(key=lambda t: -t.size_bytes)
+                                building.extend(builds)
+                                building.sort(key=lambda item: -item[0].size_bytes)
                         else:
-                            _restore_table(endpoints, connections[1], batch[0])
+                            with _rebuilding(endpoints, batch[0]):
+                                deferred.run_step(connections[1], build)
                     except BaseException:
                         failed.set()
                         raise
@@ -193,9 +204,11 @@ def _batches(largest_first: list[Table], jobs: int) -> list[list[Table]]:
     return large + [small[n : n + size] for n in range(0, len(small), size)]
 
 
-def _restore_table(endpoints: Endpoints, target: psycopg.Connection, table: Table) -> None:
+@contextmanager
+def _rebuilding(endpoints: Endpoints, table: Table) -> Iterator[None]:
+    """A step of rebuilding ``table``'s indexes during the copy: a server's error names the table."""
     try:
-        deferred.restore_table(target, endpoints.target_schema, table.name)
+        yield
     except psycopg.Error as error:
         raise MigrationError(
             f"rebuilding the indexes and keys of {table.name} on the target {endpoints.target_identity} failed:"

@@ -18,7 +18,7 @@ Small tables are rebuilt a batch at a time instead, and each step is sent as a
 pipeline: over a slow link the round trips, not the builds, would dominate.
 
 The copy starts early: while its last tables still load, its free workers
-rebuild the indexes and keys of the tables already loaded (:func:`restore_table`);
+rebuild the indexes of the tables already loaded (:func:`index_builds`);
 :func:`restore` then rebuilds whatever is left.
 """
 
@@ -269,20 +269,26 @@ def restore(
     return len(target.pending)
 
 
-def restore_table(conn: psycopg.Connection, target_schema: str, table: str) -> int:
-    """Rebuild one table's indexes and keys (not its foreign keys) on ``conn``, in one transaction.
+def index_builds(conn: psycopg.Connection, target_schema: str, table: str) -> list[Step]:
+    """The builds of ``table``'s indexes still set aside (its keys' too, not its foreign keys), each a step of its own.
 
-    The copy calls it for tables already loaded while the last ones still
-    load, so those index builds overlap the copy; :func:`restore` rebuilds
-    whatever is left. Returns how many objects it rebuilt.
+    The copy runs them for tables already loaded while the last ones still
+    load, on free workers, side by side; attaching a key's index and whatever
+    else is left wait for :func:`restore`.
     """
     target = _Target.read(conn, target_schema, sizes=False)
-    objects = [o for o in target.pending if o.table == table and o.kind != "foreign key"]
-    if objects:
-        with one_round_trip(conn) as cur:
-            _set_maintenance_work_mem(cur)
-            _step(target_schema, *_whole_tables(target, objects))(cur)
-    return len(objects)
+    return [
+        _step(target_schema, statements, [obj] if obj.kind == "index" else [])
+        for obj in target.pending
+        if obj.table == table and obj.kind != "foreign key" and (statements := target.build(obj))
+    ]
+
+
+def run_step(conn: psycopg.Connection, step: Step) -> None:
+    """One step of a rebuild, in a transaction of its own: one round trip."""
+    with one_round_trip(conn) as cur:
+        _set_maintenance_work_mem(cur)
+        step(cur)
 
 
 def _set_maintenance_work_mem(cur: psycopg.Cursor) -> None:
@@ -339,10 +345,7 @@ def run_queue(
                 if conn is None:
                     conn = connect_target(autocommit=True)
                 try:
-                    # A step whose statements need no answer costs one round trip.
-                    with one_round_trip(conn) as cur:
-                        _set_maintenance_work_mem(cur)
-                        step(cur)
+                    run_step(conn, step)
                 except BaseException:
                     failed.set()
                     raise

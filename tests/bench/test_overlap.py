@@ -39,6 +39,27 @@ def _slow_largest_table(monkeypatch) -> None:
     monkeypatch.setattr(copy_module, "_load", slow)
 
 
+_real_index_builds = deferred.index_builds
+
+
+def _counting_builds(monkeypatch, fail_at: int | None = None) -> list[str]:
+    """The tables of the index builds run during the copy, in order, as they run; the ``fail_at``-th one fails."""
+    built: list[str] = []
+
+    def counted(table: str, step):
+        def run(cur):
+            built.append(table)
+            if len(built) == fail_at:
+                raise RuntimeError("killed during an index build")
+            step(cur)
+        return run
+
+    monkeypatch.setattr(
+        deferred, "index_builds", lambda conn, schema, table: [counted(table, s) for s in _real_index_builds(conn, schema, table)]
+    )
+    return built
+
+
 def test_a_run_failing_during_an_overlapping_index_build_converges(source, target_server, new_database, monkeypatch):
     init = dataset.init_sql(SCHEMA)
     reference = new_database(target_server, "overlap_reference")
@@ -47,24 +68,18 @@ def test_a_run_failing_during_an_overlapping_index_build_converges(source, targe
     target = new_database(target_server, "overlap_target")
     endpoints = Endpoints(source, SCHEMA, target, SCHEMA)
     _slow_largest_table(monkeypatch)
-    built = []
-    real_restore_table = deferred.restore_table
-
-    def fail_on_the_third(conn, schema, table):
-        built.append(table)
-        if len(built) == 3:
-            raise RuntimeError("killed during an index build")
-        return real_restore_table(conn, schema, table)
-
-    monkeypatch.setattr(deferred, "restore_table", fail_on_the_third)
+    built = _counting_builds(monkeypatch, fail_at=3)
     with pytest.raises(RuntimeError, match="killed"):
         engine.migrate(endpoints, init_sql=init, jobs=2)
     assert len(built) == 3 and "events" not in built
     with psycopg.connect(target) as conn:
-        restored = conn.execute("SELECT count(*) FROM schema_migration.deferred_object WHERE restored").fetchone()[0]
-    assert restored > 0  # two tables' indexes were built while events loaded
+        indexes = conn.execute(
+            "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid WHERE c.relnamespace = %s::regnamespace",
+            (SCHEMA,),
+        ).fetchone()[0]
+    assert indexes == 2  # the two built while events loaded, before the third failed
 
-    monkeypatch.setattr(deferred, "restore_table", real_restore_table)
+    monkeypatch.setattr(deferred, "index_builds", _real_index_builds)
     report = engine.migrate(endpoints, init_sql=init, jobs=2)
     assert report.verified
     expected, copied = compare.snapshot(reference, SCHEMA, 2), compare.snapshot(target, SCHEMA, 2)
@@ -78,9 +93,7 @@ def test_overlapping_builds_leave_the_same_schema_as_building_after_the_copy(sou
     engine.migrate(Endpoints(source, SCHEMA, reference, SCHEMA), init_sql=init, jobs=1)
     target = new_database(target_server, "overlap_target")
     _slow_largest_table(monkeypatch)
-    built = []
-    real_restore_table = deferred.restore_table
-    monkeypatch.setattr(deferred, "restore_table", lambda *a: built.append(a[2]) or real_restore_table(*a))
+    built = _counting_builds(monkeypatch)
 
     assert engine.migrate(Endpoints(source, SCHEMA, target, SCHEMA), init_sql=init, jobs=2).verified
     assert built and "events" not in built

@@ -158,7 +158,7 @@ def migrate(
                 report.copy_seconds = copy_seconds
                 report.verify_seconds = time.monotonic() - verify_started
                 report.duration_seconds = time.monotonic() - started
-                with lock_holder.transaction(), lock_holder.cursor() as cur:
+                with one_round_trip(lock_holder) as cur:
                     state.record_verification(cur, endpoints.target_schema, report.to_dict())
                     if report.verified:
                         state.record_cutover(cur, endpoints.target_schema)  # the frozen service must move now
@@ -202,8 +202,7 @@ def _copy_frozen(
     """
     started = time.monotonic()
     with target.cursor() as cur:
-        copied = state.copied_tables(cur, endpoints.target_schema)
-        copied_objects = state.copied_large_objects(cur, endpoints.target_schema)
+        copied, copied_objects = state.copies(cur, endpoints.target_schema)
     if thawed_since and (copied or copied_objects):
         run, copied = _recheck(endpoints, source, target, run, catalog, jobs, copied, copied_objects)
     pending = [t for name, t in catalog.tables.items() if name not in copied]

@@ -251,6 +251,17 @@ def copied_tables(cur: psycopg.Cursor, target_schema: str) -> set[str]:
     return {name for (name,) in cur.fetchall()}
 
 
+def copies(cur: psycopg.Cursor, target_schema: str) -> tuple[set[str], set[int]]:
+    """The tables and the large objects copied so far: ``copied_tables`` and ``copied_large_objects`` in one round trip."""
+    cur.execute(
+        "SELECT ARRAY(SELECT table_name FROM schema_migration.copied_table WHERE target_schema = %(schema)s),"
+        " ARRAY(SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = %(schema)s)",
+        {"schema": target_schema},
+    )
+    tables, objects = cur.fetchone()
+    return set(tables), set(objects)
+
+
 def record_copy(cur: psycopg.Cursor, target_schema: str, table: str, rows: int, bytes_: int, seconds: float) -> None:
     cur.execute(
         "INSERT INTO schema_migration.copied_table (target_schema, table_name, rows, bytes, seconds)"

@@ -266,7 +266,7 @@ def _after_failure(endpoints: Endpoints, keep_frozen: bool) -> str:
     if keep_frozen:
         return f"{endpoints.source_identity} is still frozen (--keep-frozen); run the same command again to continue"
     try:
-        with endpoints.connect_source() as source:
+        with endpoints.connect_source(autocommit=True) as source:
             # A COPY's session behind a broken link would hold its table's lock for minutes.
             end_orphaned_sessions(source)
             lifted = unfreeze(source, endpoints.source_schema)

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
+from .connection import one_round_trip
 from .errors import FreezeNotAcquired, MigrationError
 
 # Shared by every service's freeze on the shared instance; holds only the trigger function.
@@ -178,9 +180,11 @@ def _with_locks(
     """Lock the tables whose frozen state is ``wanted`` in one statement list, ``change`` them; retried, bounded.
 
     All or nothing: a failed attempt rolls back and holds nothing. An attempt
-    costs four round trips however many tables (over a slow link each
-    statement would cost one): its BEGIN; ``prepare`` and the reads; the
-    changes, each taking its table's lock in turn; COMMIT. ``missing``: what
+    is one pipeline, two round trips however many tables (over a slow link
+    each statement would cost one): BEGIN, ``prepare`` and the reads; then
+    the changes, each taking its table's lock in turn, and COMMIT. (Four on a
+    connection that is not ``autocommit``: psycopg waits for the BEGIN and
+    the COMMIT of its own transactions.) ``missing``: what
     to say when the schema does not exist (unsaid, a missing schema has no
     tables to change).
     """
@@ -190,26 +194,30 @@ def _with_locks(
     while True:
         attempts += 1
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                # In a pipeline, the statements whose rows are read each have a cursor of their own.
-                with conn.cursor() as listing, conn.cursor() as schemas, conn.cursor() as settings:
-                    with conn.pipeline():  # rows fetched once it ends
-                        if prepare:
-                            prepare(cur)
-                        schemas.execute(_SCHEMAS, (schema, FREEZE_SCHEMA))
-                        settings.execute("SELECT current_setting('deadlock_timeout')::interval")
-                        _select_tables(listing, schema)
-                    tables = [table for table, frozen in _ordered(listing.fetchall()) if wanted(frozen)]
-                    exists, others = schemas.fetchone()
-                    ceiling = settings.fetchone()[0].total_seconds() / 2
+            # In the pipeline, the statements whose rows are read each have a cursor of their own.
+            with (
+                _pipelined_transaction(conn) as cur,
+                conn.cursor() as listing,
+                conn.cursor() as schemas,
+                conn.cursor() as settings,
+            ):
+                if prepare:
+                    prepare(cur)
+                schemas.execute(_SCHEMAS, (schema, FREEZE_SCHEMA))
+                settings.execute("SELECT current_setting('deadlock_timeout')::interval")
+                _select_tables(listing, schema)
+                tables = [table for table, frozen in _ordered(listing.fetchall()) if wanted(frozen)]  # the first round trip
+                exists, others = schemas.fetchone()
+                ceiling = settings.fetchone()[0].total_seconds() / 2
                 if missing:
                     _refuse_missing(conn, schema, exists, others, missing)
                 if tables:
                     # Below the deadlock_timeout: the freeze backs off before the server picks a victim;
                     # and never past the deadline, so the last attempt ends on it.
                     seconds = min(attempt_seconds, ceiling, deadline - time.monotonic())
-                    timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, round(seconds * 1000))}ms"))
-                    _execute_all(cur, [timeout] + change(tables))  # each statement takes its table's lock, in this order
+                    cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, round(seconds * 1000))}ms")))
+                    for statement in change(tables):  # each takes its table's lock, in this order
+                        cur.execute(statement)
             return tables
         except psycopg.errors.LockNotAvailable:
             remaining = deadline - time.monotonic()
@@ -217,6 +225,17 @@ def _with_locks(
                 raise FreezeNotAcquired(_not_acquired(conn, schema, mode, wait, attempts)) from None
             time.sleep(min(remaining, LONGEST_PAUSE_SECONDS, random.uniform(0, attempt_seconds * 2)))
             attempt_seconds *= 2
+
+
+@contextmanager
+def _pipelined_transaction(conn: psycopg.Connection) -> Iterator[psycopg.Cursor]:
+    """A transaction in one pipeline; on an ``autocommit`` connection its BEGIN and COMMIT cost no round trip of their own."""
+    if conn.autocommit:
+        with one_round_trip(conn) as cur:
+            yield cur
+    else:
+        with conn.transaction(), conn.pipeline(), conn.cursor() as cur:
+            yield cur
 
 
 def _not_acquired(conn: psycopg.Connection, schema: str, mode: str, wait: float, attempts: int) -> str:
@@ -235,12 +254,6 @@ def _not_acquired(conn: psycopg.Connection, schema: str, mode: str, wait: float,
         + (f"in the way: {blamed}" if sessions else "no session holds them now")
         + "; end or wait for those transactions, then run the same command again"
     )
-
-
-def _execute_all(cur: psycopg.Cursor, statements: list[sql.Composable]) -> None:
-    """One round trip for all of them, however many tables: on a slow link each would cost one."""
-    if statements:
-        cur.execute(sql.SQL(";\n").join(statements))
 
 
 # Whether the schema exists, and the others there (to name them when it does not).

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from migrations import online
 from migrations.connection import Endpoints
+from migrations.engine import MigrationReport
 from migrations.freeze import unfreeze
 from migrations.parallel import run_all
 from migrations.rehearsal.localserver import LocalServer
@@ -112,50 +113,66 @@ def run(options: WindowOptions, console: Console) -> dict:
     results: dict = {"options": vars(options) | {"workdir": str(workdir)}, "sizes": {}}
     with LocalServer.start(workdir, "source", settings=SERVER_SETTINGS) as source, \
             LocalServer.start(workdir, "target", settings=SERVER_SETTINGS) as target:
+        rows = {}
         for label, size_mb in sizes.items():
-            source_db = f"shared_{label}"
-            _create(source, source_db)
+            _create(source, f"shared_{label}")
             console.print(f"{label}: generating about {size_mb:g} MB ...")
             shape = dataset.generate(
-                lambda: psycopg.connect(source.conninfo(source_db)), options.schema, size_mb,
+                lambda: psycopg.connect(source.conninfo(f"shared_{label}")), options.schema, size_mb,
                 lambda tasks: run_all(options.jobs, tasks),
             )
-            windows, verify, lost = [], [], 0
-            for round_ in range(options.rounds):
-                target_db = f"service_{label}_{round_}"
-                _create(target, target_db)
-                endpoints = Endpoints(source.conninfo(source_db), options.schema, target.conninfo(target_db), options.schema)
-                online.sync(endpoints, init_sql=dataset.init_sql(options.schema))
-                online.wait_until_streaming(endpoints, 3600)
-                writer = RateWriter(source.conninfo(source_db), options.schema, options.writes_per_second)
-                writer.start()
-                time.sleep(1)
-                try:
-                    report = online.cutover(endpoints, jobs=options.jobs)
-                finally:
-                    writer.stop()
-                lost += writer.missing(target.conninfo(target_db))
-                windows.append(report.freeze_window_seconds)
-                verify.append(report.verify_seconds)
-                online.finalize(endpoints)  # nothing left replicating
-                with psycopg.connect(source.conninfo(source_db)) as conn:
-                    unfreeze(conn, options.schema)  # the next round cuts over from the same source
+            rows[label] = sum(shape.rows.values())
+        windows: dict[str, list[float]] = {label: [] for label in sizes}
+        verify: dict[str, list[float]] = {label: [] for label in sizes}
+        lost = dict.fromkeys(sizes, 0)
+        # The sizes take turns, round by round: whatever else the machine does at a time (writing out
+        # what was just generated, say) falls on both alike, not on the size measured last.
+        for round_ in range(options.rounds):
+            for label in sizes:
+                report, missing, acknowledged = _cutover(source, target, label, round_, options)
+                windows[label].append(report.freeze_window_seconds)
+                verify[label].append(report.verify_seconds)
+                lost[label] += missing
                 console.print(
                     f"{label} round {round_ + 1}: window {report.freeze_window_seconds:.3f} s,"
-                    f" verification {report.verify_seconds:.2f} s in all, {len(writer.acknowledged)} writes acknowledged"
+                    f" verification {report.verify_seconds:.2f} s in all, {acknowledged} writes acknowledged"
                 )
+        for label, size_mb in sizes.items():
             results["sizes"][label] = {
                 "size_mb": size_mb,
-                "rows": sum(shape.rows.values()),
-                "window_seconds": windows,
-                "window_median": statistics.median(windows),
-                "verify_seconds_median": statistics.median(verify),
-                "writes_lost": lost,
+                "rows": rows[label],
+                "window_seconds": windows[label],
+                "window_median": statistics.median(windows[label]),
+                "verify_seconds_median": statistics.median(verify[label]),
+                "writes_lost": lost[label],
             }
     small, large = (results["sizes"][label]["window_median"] for label in sizes)
     results["ratio"] = large / small
     results["met"] = results["ratio"] < TARGET_RATIO and large <= TARGET_SECONDS
     return results
+
+
+def _cutover(
+    source: LocalServer, target: LocalServer, label: str, round_: int, options: WindowOptions
+) -> tuple[MigrationReport, int, int]:
+    """One online migration of the ``label`` size into a new database, cut over under the writer; its report, writes lost and acknowledged."""
+    source_db, target_db = f"shared_{label}", f"service_{label}_{round_}"
+    _create(target, target_db)
+    endpoints = Endpoints(source.conninfo(source_db), options.schema, target.conninfo(target_db), options.schema)
+    online.sync(endpoints, init_sql=dataset.init_sql(options.schema))
+    online.wait_until_streaming(endpoints, 3600)
+    writer = RateWriter(source.conninfo(source_db), options.schema, options.writes_per_second)
+    writer.start()
+    time.sleep(1)
+    try:
+        report = online.cutover(endpoints, jobs=options.jobs)
+    finally:
+        writer.stop()
+    lost = writer.missing(target.conninfo(target_db))
+    online.finalize(endpoints)  # nothing left replicating
+    with psycopg.connect(source.conninfo(source_db)) as conn:
+        unfreeze(conn, options.schema)  # the next round cuts over from the same source
+    return report, lost, len(writer.acknowledged)
 
 
 def print_results(results: dict, console: Console) -> None:

@@ -222,6 +222,7 @@ def cutover(
             source.commit()
             try:
                 ahead = time.monotonic()
+                _set_visible(endpoints, list(catalog.tables))
                 with window.baseline(endpoints, jobs, lambda: _catch_up(source, target, endpoints, timeout)) as taken:
                     verify_seconds = time.monotonic() - ahead
                     reverse.prepare(endpoints, subscriber)  # its slot now: creating one takes a while
@@ -268,6 +269,18 @@ def cutover(
             report.duration_seconds = round(time.monotonic() - started, 3)
             state.record_verification(cur, endpoints.target_schema, report.to_dict())
     return report
+
+
+def _set_visible(endpoints: Endpoints, tables: list[str]) -> None:
+    """VACUUM the target's tables, before the freeze: the counts inside the window then read the visibility map.
+
+    Rows the initial copy wrote are on pages no VACUUM has marked all-visible
+    yet, so counting them reads every page (at 10x, 70 ms for the largest
+    table on the target against 22 ms on a vacuumed source): the one part of
+    the window that grows with the data.
+    """
+    with endpoints.connect_target(autocommit=True) as target:  # VACUUM runs outside a transaction
+        target.execute(sql.SQL("VACUUM {}").format(sql.SQL(", ").join(sql.Identifier(endpoints.target_schema, t) for t in tables)))
 
 
 def _stop_applying(target: psycopg.Connection, endpoints: Endpoints, timeout: float) -> None:

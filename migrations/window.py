@@ -242,7 +242,9 @@ def _differing_unchanged(endpoints: Endpoints, taken: Baseline, changed: changes
 def _run(endpoints: Endpoints, taken: Baseline, queries: list[_Query]) -> dict:
     """Each query on its side, on the baseline's worker connections; results by ``_result_key``."""
     schemas = {SOURCE: endpoints.source_schema, TARGET: endpoints.target_schema}
-    queues = {side: [q for q in reversed(queries) if q.side == side] for side in schemas}
+    # Largest relation first (taken from the end): its count, a whole scan, must not start last.
+    ordered = sorted(queries, key=lambda q: q.relation.size_bytes)
+    queues = {side: [q for q in ordered if q.side == side] for side in schemas}
     results: dict = {}
     lock = threading.Lock()
 

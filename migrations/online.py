@@ -275,9 +275,9 @@ def _set_visible(endpoints: Endpoints, tables: list[str]) -> None:
     """VACUUM the target's tables, before the freeze: the counts inside the window then read the visibility map.
 
     Rows the initial copy wrote are on pages no VACUUM has marked all-visible
-    yet, so counting them reads every page (at 10x, 70 ms for the largest
-    table on the target against 22 ms on a vacuumed source): the one part of
-    the window that grows with the data.
+    yet, so counting them reads every page (70 ms for the largest table of
+    the window benchmark at 10x): the one part of the window that grows with
+    the data. A table the role does not own is skipped with a warning.
     """
     with endpoints.connect_target(autocommit=True) as target:  # VACUUM runs outside a transaction
         target.execute(sql.SQL("VACUUM {}").format(sql.SQL(", ").join(sql.Identifier(endpoints.target_schema, t) for t in tables)))

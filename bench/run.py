@@ -127,7 +127,7 @@ def run(options: Options, console: Console) -> dict:
         reference = compare.snapshot(ctx.direct_dsn(ctx.source, ctx.source_db), ctx.schema, ctx.jobs)
 
         if runnable:
-            # Not counted: the first run on new servers (round 1's first, the engine's) was 1.5-2.8 s
+            # Not counted: the first run on new servers (round 1's first, the engine's) was 1.3-2.8 s
             # slower than the same tool's later runs in every measurement of this benchmark.
             console.print(_describe_attempt(runnable[0], _attempt(runnable[0], ctx, reference, 0), options.rounds))
         attempts: dict[str, list[Attempt]] = {tool.name: [] for tool in runnable}

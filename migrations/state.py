@@ -246,18 +246,18 @@ def record_references(cur: psycopg.Cursor, target_schema: str, references: list[
     )
 
 
+_COPIED_TABLES = "SELECT table_name FROM schema_migration.copied_table WHERE target_schema = %(schema)s"
+_COPIED_LARGE_OBJECTS = "SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = %(schema)s"
+
+
 def copied_tables(cur: psycopg.Cursor, target_schema: str) -> set[str]:
-    cur.execute("SELECT table_name FROM schema_migration.copied_table WHERE target_schema = %s", (target_schema,))
+    cur.execute(_COPIED_TABLES, {"schema": target_schema})
     return {name for (name,) in cur.fetchall()}
 
 
 def copies(cur: psycopg.Cursor, target_schema: str) -> tuple[set[str], set[int]]:
     """The tables and the large objects copied so far: ``copied_tables`` and ``copied_large_objects`` in one round trip."""
-    cur.execute(
-        "SELECT ARRAY(SELECT table_name FROM schema_migration.copied_table WHERE target_schema = %(schema)s),"
-        " ARRAY(SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = %(schema)s)",
-        {"schema": target_schema},
-    )
+    cur.execute(f"SELECT ARRAY({_COPIED_TABLES}), ARRAY({_COPIED_LARGE_OBJECTS})", {"schema": target_schema})
     tables, objects = cur.fetchone()
     return set(tables), set(objects)
 
@@ -284,9 +284,7 @@ def forget_copies(cur: psycopg.Cursor, target_schema: str, tables: list[str]) ->
 
 
 def copied_large_objects(cur: psycopg.Cursor, target_schema: str) -> set[int]:
-    cur.execute(
-        "SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = %s", (target_schema,)
-    )
+    cur.execute(_COPIED_LARGE_OBJECTS, {"schema": target_schema})
     return {oid for (oid,) in cur.fetchall()}
 
 

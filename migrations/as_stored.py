@@ -14,7 +14,7 @@ superuser, no ``session_replication_role``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -53,15 +53,26 @@ class Guards:
     @classmethod
     def read(cls, conn: psycopg.Connection, schema: str) -> Guards:
         """Every table's at once, so that each load sends its statements without asking (one round trip)."""
+        with conn.pipeline():  # rows fetched once it ends: fetched inside, they would cost a round trip more
+            answer = cls.ask(conn, schema)
+        return answer()
+
+    @classmethod
+    def ask(cls, conn: psycopg.Connection, schema: str) -> Callable[[], Guards]:
+        """Send :meth:`read`'s queries (in the caller's pipeline); what it returns reads their rows once it has ended."""
         params = {"schema": sql.Identifier(schema).as_string(conn)}
-        with conn.cursor() as triggers, conn.cursor() as forced:
-            with conn.pipeline():  # rows fetched once it ends: fetched inside, they would cost a round trip more
-                triggers.execute(_ENABLED_TRIGGERS, params)
-                forced.execute(_FORCED, params)
-            by_table: dict[str, list[tuple[str, str, str, str]]] = {}
-            for table, *trigger in triggers.fetchall():
-                by_table.setdefault(table, []).append(tuple(trigger))
-            return cls(schema, by_table, frozenset(name for (name,) in forced.fetchall()))
+        triggers, forced = conn.cursor(), conn.cursor()
+        triggers.execute(_ENABLED_TRIGGERS, params)
+        forced.execute(_FORCED, params)
+
+        def answer() -> Guards:
+            with triggers, forced:
+                by_table: dict[str, list[tuple[str, str, str, str]]] = {}
+                for table, *trigger in triggers.fetchall():
+                    by_table.setdefault(table, []).append(tuple(trigger))
+                return cls(schema, by_table, frozenset(name for (name,) in forced.fetchall()))
+
+        return answer
 
 
 def forcing(schema: str, tables: Iterable[str], force: bool) -> list[sql.Composed]:

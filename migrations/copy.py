@@ -95,11 +95,17 @@ class LogObserver:
 
 
 def copy_tables(
-    endpoints: Endpoints, tables: list[Table], guards: as_stored.Guards, jobs: int, observer: CopyObserver
+    endpoints: Endpoints,
+    tables: list[Table],
+    guards: as_stored.Guards,
+    rebuild: deferred.Rebuild,
+    jobs: int,
+    observer: CopyObserver,
 ) -> list[TableCopy]:
     """Copy ``tables`` on ``jobs`` connections that share one exported source snapshot.
 
-    ``guards`` are the target's triggers and policies, lifted during each load.
+    ``guards`` are the target's triggers and policies, lifted during each
+    load; ``rebuild`` what is set aside, read before the copy.
 
     Each worker keeps one source connection (the snapshot imported once, in
     one read-only transaction) and one target connection (one transaction per
@@ -164,12 +170,12 @@ def copy_tables(
                                 results[result.table] = result
                             # A small table's indexes wait for deferred.restore, which
                             # rebuilds many at once: one by one, each would cost round trips.
-                            builds = []
-                            for table in batch:
-                                if table.size_bytes >= deferred.SMALL_TABLES_BYTES:
-                                    with _rebuilding(endpoints, table):
-                                        steps = deferred.index_builds(connections[1], endpoints.target_schema, table.name)
-                                    builds += [(table, step) for step in steps]
+                            builds = [
+                                (table, step)
+                                for table in batch
+                                if table.size_bytes >= deferred.SMALL_TABLES_BYTES
+                                for step in deferred.index_builds(rebuild, table.name)
+                            ]
                             with lock:
                                 copying[0] -= 1
                                 building.extend(builds)

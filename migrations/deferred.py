@@ -145,7 +145,7 @@ Step = Callable[[psycopg.Cursor], None]
 
 
 @dataclass(frozen=True)
-class _Target:
+class Rebuild:
     """The target schema as the rebuild finds it."""
 
     schema: str
@@ -156,25 +156,36 @@ class _Target:
     forced: list[str]  # tables under a FORCEd policy
 
     @classmethod
-    def read(cls, conn: psycopg.Connection, schema: str, sizes: bool = True) -> _Target:
-        """The pending objects, the tables' sizes (unless not ``sizes``) and what exists, in one round trip.
+    def read(cls, conn: psycopg.Connection, schema: str) -> Rebuild:
+        """The pending objects, the tables' sizes and what exists, in one round trip."""
+        with conn.pipeline():
+            answer = cls.ask(conn, schema)
+        return answer()
+
+    @classmethod
+    def ask(cls, conn: psycopg.Connection, schema: str, sizes: bool = True) -> Callable[[], Rebuild]:
+        """Send :meth:`read`'s queries (in the caller's pipeline); what it returns reads their rows once it has ended.
 
         Reading a table's size waits for the lock of a load still under way:
-        the rebuild of one table during the copy does without.
+        the copy, which reads this before it loads, does without (``sizes``).
         """
-        with conn.cursor() as pending, conn.cursor() as sized, conn.cursor() as present:
-            with conn.pipeline():  # rows fetched once it ends
-                state.select_pending_objects(pending, schema)
-                if sizes:
-                    sized.execute(_TABLE_SIZES, (schema,))
-                present.execute(_PRESENT, {"schema": sql.Identifier(schema).as_string(conn)})
-            found: dict[str, set] = {"index": set(), "constraint": set(), "forced": set()}
-            for kind, table, name in present.fetchall():
-                found[kind].add((table, name))
-            return cls(
-                schema, state.fetch_pending_objects(pending), dict(sized.fetchall()) if sizes else {},
-                found["index"], found["constraint"], sorted(table for table, _ in found["forced"]),
-            )
+        pending, sized, present = conn.cursor(), conn.cursor(), conn.cursor()
+        state.select_pending_objects(pending, schema)
+        if sizes:
+            sized.execute(_TABLE_SIZES, (schema,))
+        present.execute(_PRESENT, {"schema": sql.Identifier(schema).as_string(conn)})
+
+        def answer() -> Rebuild:
+            with pending, sized, present:
+                found: dict[str, set] = {"index": set(), "constraint": set(), "forced": set()}
+                for kind, table, name in present.fetchall():
+                    found[kind].add((table, name))
+                return cls(
+                    schema, state.fetch_pending_objects(pending), dict(sized.fetchall()) if sizes else {},
+                    found["index"], found["constraint"], sorted(table for table, _ in found["forced"]),
+                )
+
+        return answer
 
     def exists(self, obj: DeferredObject) -> bool:
         return (obj.table, obj.name) in (self.indexes if obj.kind == "index" else self.constraints)
@@ -212,7 +223,7 @@ def _step(schema: str, statements: list[sql.Composable], restored: list[Deferred
     return run
 
 
-def _whole_tables(target: _Target, objects: list[DeferredObject]) -> tuple[list[sql.Composable], list[DeferredObject]]:
+def _whole_tables(target: Rebuild, objects: list[DeferredObject]) -> tuple[list[sql.Composable], list[DeferredObject]]:
     """Every index and key of some tables, built then attached, in one go."""
     keys = [o for o in objects if o.kind == "key"]
     builds = [s for o in sorted(objects, key=lambda o: o.kind != "key") for s in target.build(o)]
@@ -231,7 +242,7 @@ def restore(
     together, a batch per step.
     """
     with connect_target(autocommit=True) as conn:
-        target = _Target.read(conn, target_schema)
+        target = Rebuild.read(conn, target_schema)
     if not target.pending:
         return 0
     by_table: dict[str, list[DeferredObject]] = {}
@@ -269,16 +280,16 @@ def restore(
     return len(target.pending)
 
 
-def index_builds(conn: psycopg.Connection, target_schema: str, table: str) -> list[Step]:
+def index_builds(target: Rebuild, table: str) -> list[Step]:
     """The builds of ``table``'s indexes still set aside (its keys' too, not its foreign keys), each a step of its own.
 
     The copy runs them for tables already loaded while the last ones still
     load, on free workers, side by side; attaching a key's index and whatever
-    else is left wait for :func:`restore`.
+    else is left wait for :func:`restore`. ``target`` is read once, before
+    the copy: nothing else builds a table's indexes while it loads.
     """
-    target = _Target.read(conn, target_schema, sizes=False)
     return [
-        _step(target_schema, statements, [obj] if obj.kind == "index" else [])
+        _step(target.schema, statements, [obj] if obj.kind == "index" else [])
         for obj in target.pending
         if obj.table == table and obj.kind != "foreign key" and (statements := target.build(obj))
     ]
@@ -313,7 +324,7 @@ def forget_undeclared(cur: psycopg.Cursor, schema: str, declared: set[str]) -> l
     The init SQL may have named an index or key the source's rows cannot
     satisfy; once it no longer does, rebuilding it again would fail again.
     """
-    target = _Target.read(cur.connection, schema)
+    target = Rebuild.read(cur.connection, schema)
     stale = [o for o in target.pending if o.name not in declared and not target.exists(o)]
     for obj in stale:
         state.forget_deferred(cur, schema, obj)

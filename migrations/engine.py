@@ -201,11 +201,9 @@ def _copy_frozen(
     changed ones copied again.
     """
     started = time.monotonic()
-    with target.cursor() as cur:
-        copied, copied_objects = state.copies(cur, endpoints.target_schema)
-    if thawed_since and (copied or copied_objects):
-        run, copied = _recheck(endpoints, source, target, run, catalog, jobs, copied, copied_objects)
-    pending = [t for name, t in catalog.tables.items() if name not in copied]
+    if thawed_since and (run.copied or run.copied_objects):
+        run = _recheck(endpoints, source, target, run, catalog, jobs)
+    pending = [t for name, t in catalog.tables.items() if name not in run.copied]
     copies = _copy(endpoints, target, run, pending, jobs, observer)
     if not run.finished or pending:
         _finish(endpoints, source, target, catalog, refs, jobs)
@@ -219,19 +217,17 @@ def _recheck(
     run: state.Run,
     catalog: Catalog,
     jobs: int,
-    copied: set[str],
-    copied_objects: set[int],
-) -> tuple[state.Run, set[str]]:
+) -> state.Run:
     """Forget the copies of tables and large objects that the source changed while it was not frozen.
 
-    Returns the run and the tables whose copies still stand.
+    Returns the run as it stands after: its copies are those still standing.
     """
-    tables = [t for name, t in catalog.tables.items() if name in copied]
+    tables = [t for name, t in catalog.tables.items() if name in run.copied]
     changed = [v.table for v in verify_tables(endpoints, tables, jobs) if not v.identical]
     oids = large_objects.referenced(source, endpoints.source_schema)
-    changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids) if copied_objects else []
+    changed_objects = large_objects.changed(source, target, endpoints.target_schema, oids) if run.copied_objects else []
     if not changed and not changed_objects:
-        return run, copied
+        return run
     log.warning(
         "the source changed since the last run: copying again %s",
         ", ".join(changed + [f"large object {oid}" for oid in changed_objects]),
@@ -248,7 +244,7 @@ def _recheck(
                     cur.execute(sql.SQL("TRUNCATE {}").format(catalog.tables[name].own_rows(endpoints.target_schema)))
         if changed_objects:
             large_objects.forget(cur, endpoints.target_schema, changed_objects)
-        return state.load_run(cur, endpoints.target_schema), copied - set(changed)
+        return state.load_run(cur, endpoints.target_schema)
 
 
 def _copied_so_far(endpoints: Endpoints, tables: int) -> str:
@@ -441,7 +437,7 @@ def prepare_target(
         if differences:
             raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, differences)
         # An online run's tables hold what its subscription replicated.
-        owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else state.copied_tables(cur, endpoints.target_schema)
+        owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else run.copied if run else set()
         unowned = [source_catalog.tables[name] for name in sorted(source_catalog.tables.keys() - owned)]
         if held := _holding_rows(cur, target_catalog, unowned):
             raise ForeignRows(
@@ -541,12 +537,14 @@ def _copy(
 ) -> list[TableCopy]:
     if not pending:
         return []
-    if not run.deferred:
-        with one_round_trip(target) as cur:  # and one more: to read what to set aside
-            objects = deferred.set_aside(cur, endpoints.target_schema)
-            state.record_deferred(cur, endpoints.target_schema, objects)
-        log.info("set aside %d indexes and constraints for the load", len(objects))
-    return copy_tables(endpoints, pending, as_stored.Guards.read(target, endpoints.target_schema), jobs, observer)
+    schema = endpoints.target_schema
+    with one_round_trip(target) as cur:  # and one more to read what to set aside, if it is not yet
+        if not run.deferred:
+            objects = deferred.set_aside(cur, schema)
+            state.record_deferred(cur, schema, objects)
+            log.info("set aside %d indexes and constraints for the load", len(objects))
+        guards, rebuild = as_stored.Guards.ask(target, schema), deferred.Rebuild.ask(target, schema, sizes=False)
+    return copy_tables(endpoints, pending, guards(), rebuild(), jobs, observer)
 
 
 def _finish(

@@ -95,6 +95,8 @@ class Run:
     init_digest: str | None
     carried_back: bool = False
     final: bool = False
+    copied: frozenset[str] = frozenset()  # tables copied and kept
+    copied_objects: frozenset[int] = frozenset()  # large objects copied and kept
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,15 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
     return True
 
 
+_COPIED_TABLES = "SELECT table_name FROM schema_migration.copied_table WHERE target_schema = {}"
+_COPIED_LARGE_OBJECTS = "SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = {}"
+
+# With what it copied so far: the copies are read with the run, not in a round trip of their own.
 _SELECT_RUN = sql.SQL(
     "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
-    " init_digest, carried_back, finalized_at IS NOT NULL FROM schema_migration.run WHERE target_schema = {} FOR UPDATE"
+    " init_digest, carried_back, finalized_at IS NOT NULL,"
+    f" ARRAY({_COPIED_TABLES.format('r.target_schema')}), ARRAY({_COPIED_LARGE_OBJECTS.format('r.target_schema')})"
+    " FROM schema_migration.run r WHERE target_schema = {} FOR UPDATE OF r"
 )
 
 
@@ -160,7 +168,10 @@ def select_run(cur: psycopg.Cursor, target_schema: str) -> None:
 
 def fetch_run(cur: psycopg.Cursor) -> Run | None:
     row = cur.fetchone()
-    return Run(*row) if row else None
+    if row is None:
+        return None
+    *flags, copied, copied_objects = row
+    return Run(*flags, copied=frozenset(copied), copied_objects=frozenset(copied_objects))
 
 
 def start_run(cur: psycopg.Cursor, target_schema: str, source: str, mode: str = OFFLINE) -> None:
@@ -246,20 +257,9 @@ def record_references(cur: psycopg.Cursor, target_schema: str, references: list[
     )
 
 
-_COPIED_TABLES = "SELECT table_name FROM schema_migration.copied_table WHERE target_schema = %(schema)s"
-_COPIED_LARGE_OBJECTS = "SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = %(schema)s"
-
-
 def copied_tables(cur: psycopg.Cursor, target_schema: str) -> set[str]:
-    cur.execute(_COPIED_TABLES, {"schema": target_schema})
+    cur.execute(_COPIED_TABLES.format("%s"), (target_schema,))
     return {name for (name,) in cur.fetchall()}
-
-
-def copies(cur: psycopg.Cursor, target_schema: str) -> tuple[set[str], set[int]]:
-    """The tables and the large objects copied so far: ``copied_tables`` and ``copied_large_objects`` in one round trip."""
-    cur.execute(f"SELECT ARRAY({_COPIED_TABLES}), ARRAY({_COPIED_LARGE_OBJECTS})", {"schema": target_schema})
-    tables, objects = cur.fetchone()
-    return set(tables), set(objects)
 
 
 def record_copy(cur: psycopg.Cursor, target_schema: str, table: str, rows: int, bytes_: int, seconds: float) -> None:
@@ -284,7 +284,7 @@ def forget_copies(cur: psycopg.Cursor, target_schema: str, tables: list[str]) ->
 
 
 def copied_large_objects(cur: psycopg.Cursor, target_schema: str) -> set[int]:
-    cur.execute(_COPIED_LARGE_OBJECTS, {"schema": target_schema})
+    cur.execute(_COPIED_LARGE_OBJECTS.format("%s"), (target_schema,))
     return {oid for (oid,) in cur.fetchall()}
 
 

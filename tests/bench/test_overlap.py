@@ -55,7 +55,7 @@ def _counting_builds(monkeypatch, fail_at: int | None = None) -> list[str]:
         return run
 
     monkeypatch.setattr(
-        deferred, "index_builds", lambda conn, schema, table: [counted(table, s) for s in _real_index_builds(conn, schema, table)]
+        deferred, "index_builds", lambda rebuild, table: [counted(table, s) for s in _real_index_builds(rebuild, table)]
     )
     return built
 

@@ -11,6 +11,9 @@ there, so that they keep restricting it where it owns the tables.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import psycopg
 from psycopg import sql
 
@@ -29,9 +32,27 @@ ORDER BY 1
 """
 
 
-def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) -> None:
-    """Raise unless the role reads every table and referenced large object of ``schema`` whole."""
-    rows = source.execute(_UNREADABLE, (sql.Identifier(schema).as_string(source),)).fetchall()
+def ask_unreadable(source: psycopg.Connection, schema: str, identity: str) -> Callable[[], None]:
+    """Ask (in the caller's pipeline) what of ``schema`` the role cannot read; what it returns refuses it.
+
+    Once the pipeline has ended, that function raises unless the role reads
+    every table and referenced large object of ``schema`` whole; the large
+    objects, if columns may refer to some, cost one more round trip.
+    """
+    quoted = sql.Identifier(schema).as_string(source)
+    tables = source.execute(_UNREADABLE, (quoted,))
+    oid_columns = large_objects.ask_columns(source, schema)
+    return partial(_refuse_unreadable, source, schema, identity, tables, oid_columns)
+
+
+def _refuse_unreadable(
+    source: psycopg.Connection,
+    schema: str,
+    identity: str,
+    tables: psycopg.Cursor,
+    oid_columns: Callable[[], list[tuple[str, str]]],
+) -> None:
+    rows = tables.fetchall()
     role = source.info.parameter_status("session_authorization") or source.info.user
     if denied := [name for name, no_select, _, _ in rows if no_select]:
         raise MigrationError(
@@ -46,7 +67,7 @@ def refuse_unreadable(source: psycopg.Connection, schema: str, identity: str) ->
             f"row-level security would hide rows of {', '.join(name for name, _ in filtered)} on {identity}"
             f" from the migration role {role}, nothing was written: ALTER ROLE {role} BYPASSRLS, or {owner_fix}"
         )
-    oids = large_objects.referenced(source, schema)
+    oids = large_objects.referenced(source, schema, oid_columns())
     large_objects.refuse_unreadable(source, schema, oids, identity)
 
 

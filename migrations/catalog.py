@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import psycopg
 from psycopg import sql
@@ -169,25 +171,39 @@ WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s) AND relki
 
 
 def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
-    """Tables, columns, primary keys, sequences, partitions, materialized views, triggers and policies of ``schema``."""
-    # One round trip for all of it: over a slow link each query would cost one. A missing schema reads as empty.
-    schema_only = {"schema": schema}
+    """Tables, columns, primary keys, sequences, partitions, materialized views, triggers and policies of ``schema``.
+
+    One round trip for all of it: over a slow link each query would cost one.
+    A missing schema reads as empty.
+    """
     with conn.pipeline():
-        found = {
-            name: conn.execute(query, params)
-            for name, query, params in (
-                ("schema", "SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema)),
-                ("tables", _TABLES, schema_only),
-                ("columns", _COLUMNS, schema_only | {"first_user_oid": FIRST_USER_OID}),
-                ("primary_keys", _PRIMARY_KEYS, schema_only),
-                ("sequences", _SEQUENCES, (schema,)),
-                ("partitions", _PARTITIONS, (schema,)),
-                ("materialized_views", _MATERIALIZED_VIEWS, (schema,)),
-                ("triggers", _TRIGGERS, (schema, FREEZE_TRIGGER)),
-                ("policies", _POLICIES, (schema,)),
-                ("row_security", _ROW_SECURITY, (schema,)),
-            )
-        }
+        answer = ask_catalog(conn, schema)
+    return answer()
+
+
+def ask_catalog(conn: psycopg.Connection, schema: str) -> Callable[[], Catalog]:
+    """Send :func:`read_catalog`'s queries (in the caller's pipeline); what it returns reads their rows once it has ended."""
+    schema_only = {"schema": schema}
+    found = {
+        name: conn.execute(query, params)
+        for name, query, params in (
+            ("schema", "SELECT quote_ident(%s), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema, schema)),
+            ("tables", _TABLES, schema_only),
+            ("columns", _COLUMNS, schema_only | {"first_user_oid": FIRST_USER_OID}),
+            ("primary_keys", _PRIMARY_KEYS, schema_only),
+            ("sequences", _SEQUENCES, (schema,)),
+            ("partitions", _PARTITIONS, (schema,)),
+            ("materialized_views", _MATERIALIZED_VIEWS, (schema,)),
+            ("triggers", _TRIGGERS, (schema, FREEZE_TRIGGER)),
+            ("policies", _POLICIES, (schema,)),
+            ("row_security", _ROW_SECURITY, (schema,)),
+        )
+    }
+    return partial(_catalog, schema, found)
+
+
+def _catalog(schema: str, found: dict[str, psycopg.Cursor]) -> Catalog:
+    """The catalog from the rows of :func:`ask_catalog`'s queries."""
     quoted_schema, exists = found["schema"].fetchone()
     if not exists:
         return Catalog(schema, exists=False)

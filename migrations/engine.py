@@ -21,7 +21,7 @@ from psycopg import sql
 
 from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, lifecycle, materialized_views, orphans
 from . import preflight, privileges, references, replicable, state
-from .catalog import Catalog, Table, compare, read_catalog
+from .catalog import Catalog, Table, ask_catalog, compare, read_catalog
 from .connection import Endpoints, connect, end_orphaned_sessions, one_line, one_round_trip, open_side_by_side, rolled_back_on_error
 from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
 from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
@@ -89,10 +89,7 @@ def plan(endpoints: Endpoints, init_sql: str | None = None, dropped_on_purpose: 
     """
     with endpoints.connect_source() as source, endpoints.connect_target() as target:
         preflight.check(endpoints, source, target, jobs=1)  # the init must not run, even rolled back, on the source
-        source_catalog = read_source(source, endpoints)
-        refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
-        needed = extensions.needed(source, endpoints.source_schema)
-        access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
+        source_catalog, refs, needed = read_source(source, endpoints, dropped_on_purpose)
         unreplicable = replicable.refusals(source, endpoints)
         with target.cursor() as cur:
             differences = extensions.create(cur, needed, endpoints.source_schema, endpoints.target_schema)
@@ -144,8 +141,8 @@ def migrate(
         with endpoints.keeping_open(
             source=jobs + preflight.EXTRA_SOURCE_CONNECTIONS, target=jobs + preflight.EXTRA_TARGET_CONNECTIONS
         ) as kept:
-            source_catalog = read_source(source, endpoints)
-            refs, needed = refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
+            source_catalog, refs, needed = read_source(source, endpoints, dropped_on_purpose)
+            refuse_what_cannot_move(refs, needed, endpoints)
             run = prepare_target(target, source, endpoints, source_catalog, refs, init_sql, service_user, needed=needed)
             newly_frozen = freeze(source, endpoints.source_schema)
             log.info("froze %s (%d tables newly frozen)", endpoints.source_identity, len(newly_frozen))
@@ -285,8 +282,7 @@ def verify(endpoints: Endpoints, jobs: int = 2, peers: dict[str, str] | None = N
     """
     started = time.monotonic()
     with endpoints.connect_source() as source:
-        catalog = read_source(source, endpoints)
-        refs = references.find(source, endpoints.source_schema)
+        catalog, refs, _ = read_source(source, endpoints)
     report = verify_copy(endpoints, catalog, refs, [], jobs, peers)
     report.verify_seconds = report.duration_seconds = time.monotonic() - started
     return report
@@ -353,29 +349,36 @@ def hand_over(cur: psycopg.Cursor, schema: str, service_user: str, policed: Sequ
     privileges.verify(cur, schema, service_user)
 
 
-def refuse_what_cannot_move(
-    source: psycopg.Connection, endpoints: Endpoints, dropped_on_purpose: frozenset[str]
-) -> tuple[References, list[Extension]]:
-    """The source-side refusals every mode makes before it writes anything; the references and extensions found.
+def refuse_what_cannot_move(refs: References, needed: list[Extension], endpoints: Endpoints) -> None:
+    """The refusals of what :func:`read_source` found that every mode makes before it writes anything.
 
-    Another service's data the schema needs, an extension Cloud SQL lacks,
-    rows or large objects the migration role cannot read.
+    Another service's data the schema needs, an extension Cloud SQL lacks.
     """
-    refs = references.find(source, endpoints.source_schema, dropped_on_purpose)
     refs.refuse(endpoints.source_identity)
-    needed = extensions.needed(source, endpoints.source_schema)
     extensions.refuse_unoffered(needed, endpoints.source_identity)
-    access.refuse_unreadable(source, endpoints.source_schema, endpoints.source_identity)
-    return refs, needed
 
 
-def read_source(source: psycopg.Connection, endpoints: Endpoints) -> Catalog:
-    catalog = read_catalog(source, endpoints.source_schema)
-    if not catalog.exists:
-        raise MigrationError(f"source schema {endpoints.source_identity} does not exist")
-    if not catalog.tables:
-        raise MigrationError(f"source schema {endpoints.source_identity} has no tables")
-    return catalog
+def read_source(
+    source: psycopg.Connection, endpoints: Endpoints, dropped_on_purpose: frozenset[str] = frozenset()
+) -> tuple[Catalog, References, list[Extension]]:
+    """The source schema's catalog, its references to other services and the extensions it needs: one round trip.
+
+    Refuses a schema that does not exist or has no tables, and rows or large
+    objects the migration role cannot read (see ``access``).
+    """
+    schema, identity = endpoints.source_schema, endpoints.source_identity
+    with source.pipeline():
+        catalog = ask_catalog(source, schema)
+        refs = references.ask_references(source, schema, dropped_on_purpose)
+        needed = extensions.ask_needed(source, schema)
+        refuse_unreadable = access.ask_unreadable(source, schema, identity)
+    found = catalog()
+    if not found.exists:
+        raise MigrationError(f"source schema {identity} does not exist")
+    if not found.tables:
+        raise MigrationError(f"source schema {identity} has no tables")
+    refuse_unreadable()
+    return found, refs(), needed()
 
 
 def _apply_init(cur: psycopg.Cursor, target_schema: str, init_sql: str, needed: Sequence[Extension] = ()) -> None:
@@ -557,16 +560,23 @@ def _finish(
 ) -> None:
     """Rebuild what was set aside, carry sequences and large objects, refresh materialized views, gather planner statistics."""
     on_target = f"on the target {endpoints.target_identity}"
-    with _step(f"rebuilding indexes and constraints {on_target}"):
-        restored = deferred.restore(endpoints.connect_target, endpoints.target_schema, lambda tasks: run_all(jobs, tasks))
-    log.info("rebuilt %d indexes and constraints", restored)
-    with _step(f"setting sequences {on_target}"):
-        positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
-    log.info("set %d sequences", len(positions))
-    with _step(f"carrying large objects from {endpoints.source_identity}"):
-        oids = large_objects.referenced(source, endpoints.source_schema)
-        if carried := large_objects.carry(source, target, endpoints.target_schema, oids):
-            log.info("carried %d large objects", carried)
+
+    def rebuild() -> None:
+        with _step(f"rebuilding indexes and constraints {on_target}"):
+            restored = deferred.restore(endpoints.connect_target, endpoints.target_schema, lambda tasks: run_all(jobs, tasks))
+        log.info("rebuilt %d indexes and constraints", restored)
+
+    def carry() -> None:
+        with _step(f"setting sequences {on_target}"):
+            positions = carry_sequences(source, target, catalog, endpoints.target_schema, refs.shared_sequences)
+        log.info("set %d sequences", len(positions))
+        with _step(f"carrying large objects from {endpoints.source_identity}"):
+            oids = large_objects.referenced(source, endpoints.source_schema)
+            if carried := large_objects.carry(source, target, endpoints.target_schema, oids):
+                log.info("carried %d large objects", carried)
+
+    # Sequences and large objects need no index: carried on the run's own connections while the indexes build.
+    run_all(2, [rebuild, carry])
     with _step(f"refreshing materialized views {on_target}"):
         materialized_views.refresh(endpoints.connect_target, catalog, endpoints.target_schema)
     with _step(f"analyzing {on_target}"):

@@ -10,6 +10,7 @@ extension with the source's version and schema before the init SQL runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -82,10 +83,10 @@ ORDER BY x.extname
 """
 
 
-def needed(source: psycopg.Connection, schema: str) -> list[Extension]:
-    """The extensions the objects of ``schema`` use, or that live in it."""
-    rows = source.execute(_NEEDED, {"schema": sql.Identifier(schema).as_string(source)}).fetchall()
-    return [Extension(*row) for row in rows]
+def ask_needed(source: psycopg.Connection, schema: str) -> Callable[[], list[Extension]]:
+    """Ask (in the caller's pipeline) which extensions the objects of ``schema`` use, or live in it; what it returns reads the answer."""
+    cur = source.execute(_NEEDED, {"schema": sql.Identifier(schema).as_string(source)})
+    return lambda: [Extension(*row) for row in cur.fetchall()]
 
 
 def refuse_unoffered(extensions: list[Extension], source: str) -> None:

@@ -11,6 +11,7 @@ An object of that oid that this engine did not write is never overwritten.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
@@ -36,7 +37,12 @@ ORDER BY 1, 2
 
 def columns(conn: psycopg.Connection, schema: str) -> list[tuple[str, str]]:
     """(table, column) of every column of ``schema`` that may hold a large object's oid."""
-    return conn.execute(_COLUMNS, (sql.Identifier(schema).as_string(conn),)).fetchall()
+    return ask_columns(conn, schema)()
+
+
+def ask_columns(conn: psycopg.Connection, schema: str) -> Callable[[], list[tuple[str, str]]]:
+    """:func:`columns`' query sent (in the caller's pipeline, if any); what it returns reads its rows."""
+    return conn.execute(_COLUMNS, (sql.Identifier(schema).as_string(conn),)).fetchall
 
 
 def referenced(conn: psycopg.Connection, schema: str, oid_columns: list[tuple[str, str]] | None = None) -> list[int]:

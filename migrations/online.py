@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from . import access, engine, large_objects, lifecycle, materialized_views, preflight, references, replicable
+from . import access, engine, large_objects, lifecycle, materialized_views, preflight, replicable
 from . import replication_health, reverse, state, window
 from .catalog import read_catalog
 from .connection import Endpoints
@@ -84,8 +84,8 @@ def sync(
         _lock(lock_holder, endpoints)
         with endpoints.connect_source() as source, endpoints.connect_target(autocommit=True) as target:
             preflight.check(endpoints, source, target, jobs=1)  # the same database twice, the lock table
-            catalog = engine.read_source(source, endpoints)
-            refs, needed = engine.refuse_what_cannot_move(source, endpoints, dropped_on_purpose)
+            catalog, refs, needed = engine.read_source(source, endpoints, dropped_on_purpose)
+            engine.refuse_what_cannot_move(refs, needed, endpoints)
             replicable.refuse(source, endpoints)
             if missing := reverse.missing_requirements(source, target, endpoints):
                 raise MigrationError("the way back after cutover cannot be set up: " + "; ".join(missing) + "; nothing was written")
@@ -217,8 +217,7 @@ def cutover(
         except ReplicationBroken as error:
             raise ReplicationBroken(f"cutover refused before freezing, nothing was frozen: {error}") from None
         with endpoints.connect_source() as source, endpoints.connect_target() as target:
-            catalog = engine.read_source(source, endpoints)
-            refs = references.find(source, endpoints.source_schema)
+            catalog, refs, _ = engine.read_source(source, endpoints)
             source.commit()
             try:
                 ahead = time.monotonic()

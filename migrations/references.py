@@ -21,7 +21,9 @@ never references (see ``extensions``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import psycopg
 from psycopg import sql
@@ -207,11 +209,23 @@ WHERE a.attnum > 0 AND NOT a.attisdropped AND cn.nspname <> tn.nspname AND %(sch
 
 
 def find(conn: psycopg.Connection, schema: str, dropped_on_purpose: frozenset[str] = frozenset()) -> References:
-    """Every reference between ``schema`` and the other schemas of its database."""
+    """Every reference between ``schema`` and the other schemas of its database (one round trip)."""
+    with conn.pipeline():
+        answer = ask_references(conn, schema, dropped_on_purpose)
+    return answer()
+
+
+def ask_references(
+    conn: psycopg.Connection, schema: str, dropped_on_purpose: frozenset[str] = frozenset()
+) -> Callable[[], References]:
+    """Send :func:`find`'s queries (in the caller's pipeline); what it returns reads their rows once it has ended."""
     params = {"schema": schema, "system": list(_SYSTEM_SCHEMAS)}
+    cursors = [conn.execute(query, params) for query in (_FOREIGN_KEYS, _VIEWS, _FUNCTIONS, _TRIGGERS, _DEFAULTS, _TYPES)]
+    return partial(_references, schema, dropped_on_purpose, cursors)
+
+
+def _references(schema: str, dropped_on_purpose: frozenset[str], cursors: list[psycopg.Cursor]) -> References:
     found = References(schema)
-    with conn.pipeline():  # one round trip for all six
-        cursors = [conn.execute(query, params) for query in (_FOREIGN_KEYS, _VIEWS, _FUNCTIONS, _TRIGGERS, _DEFAULTS, _TYPES)]
     rows = [row for cur in cursors for row in cur.fetchall()]
     for kind, name, depends_on, this_side, other_side, columns, referenced_columns, *tables in sorted(
         set(map(_hashable, rows)), key=str

@@ -120,7 +120,8 @@ def copy_tables(
     if not tables:
         return []
     with endpoints.connect_source(autocommit=True) as coordinator:
-        # The exporting transaction must stay open until every worker has imported the snapshot.
+        # The exporting transaction must stay open until every worker has imported the snapshot:
+        # each does so as it starts, and the last one ends it.
         with coordinator.pipeline():
             coordinator.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             exported = coordinator.execute("SELECT pg_export_snapshot()")
@@ -154,43 +155,49 @@ def copy_tables(
                 return queue.pop(0), None
             return None
 
+        workers = jobs + SMALL_TABLE_LANES
+        imported = [0]  # workers inside the snapshot
+
         def worker(take: Callable[[], tuple[list[Table], deferred.Step | None] | None]) -> None:
             connections: tuple[psycopg.Connection, psycopg.Connection] | None = None
             try:
+                connections = _open(endpoints, snapshot)
+                with lock:
+                    imported[0] += 1
+                    everyone = imported[0] == workers
+                if everyone:  # the exporting transaction may end now, rather than in a round trip after the last table
+                    coordinator.rollback()
                 while not failed.is_set() and not stopping():
                     with lock:
                         if (taken := take()) is None:
                             return
                     batch, build = taken
-                    try:
-                        if connections is None:
-                            connections = _open(endpoints, snapshot)
-                        if build is None:
-                            for result in _load(endpoints, *connections, guards, batch, observer):
-                                results[result.table] = result
-                            # A small table's indexes wait for deferred.restore, which
-                            # rebuilds many at once: one by one, each would cost round trips.
-                            builds = [
-                                (table, step)
-                                for table in batch
-                                if table.size_bytes >= deferred.SMALL_TABLES_BYTES
-                                for step in deferred.index_builds(rebuild, table.name)
-                            ]
-                            with lock:
-                                copying[0] -= 1
-                                building.extend(builds)
-                                building.sort(key=lambda item: -item[0].size_bytes)
-                        else:
-                            with _rebuilding(endpoints, batch[0]):
-                                deferred.run_step(connections[1], build)
-                    except BaseException:
-                        failed.set()
-                        raise
+                    if build is None:
+                        for result in _load(endpoints, *connections, guards, batch, observer):
+                            results[result.table] = result
+                        # A small table's indexes wait for deferred.restore, which
+                        # rebuilds many at once: one by one, each would cost round trips.
+                        builds = [
+                            (table, step)
+                            for table in batch
+                            if table.size_bytes >= deferred.SMALL_TABLES_BYTES
+                            for step in deferred.index_builds(rebuild, table.name)
+                        ]
+                        with lock:
+                            copying[0] -= 1
+                            building.extend(builds)
+                            building.sort(key=lambda item: -item[0].size_bytes)
+                    else:
+                        with _rebuilding(endpoints, batch[0]):
+                            deferred.run_step(connections[1], build)
+            except BaseException:
+                failed.set()
+                raise
             finally:
                 for conn in connections or ():
                     conn.close()
 
-        run_all(jobs + SMALL_TABLE_LANES, [partial(worker, small_batch)] * SMALL_TABLE_LANES + [partial(worker, any_batch)] * jobs)
+        run_all(workers, [partial(worker, small_batch)] * SMALL_TABLE_LANES + [partial(worker, any_batch)] * jobs)
     return [results[t.name] for t in largest_first]
 
 
@@ -278,7 +285,7 @@ def _load(
         if not target.closed and not target.broken:
             target.rollback()
         sides = (("source", source, endpoints.source_identity), ("target", target, endpoints.target_identity))
-        if isinstance(error, psycopg.Error) and error.sqlstate == _HOLDS_ROWS:
+        if isinstance(error, psycopg.Error) and error.sqlstate == HOLDS_ROWS:
             raise ForeignRows(
                 f"target table {endpoints.target_schema}.{error.diag.message_primary} holds rows this engine did not"
                 " write; refusing to overwrite them"
@@ -430,7 +437,7 @@ class _ReadAhead:
 
 
 # Raised by the load's emptiness check (a class of SQLSTATE no server uses).
-_HOLDS_ROWS = "HX001"
+HOLDS_ROWS = "HX001"  # the SQLSTATE of a refusal to overwrite rows this engine did not write
 
 
 def _truncate_if_empty(cur: psycopg.Cursor, table: sql.Composable, name: str) -> sql.Composed:
@@ -443,7 +450,7 @@ def _truncate_if_empty(cur: psycopg.Cursor, table: sql.Composable, name: str) ->
     body = sql.SQL(
         "BEGIN IF EXISTS (SELECT FROM {table}) THEN RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = {name}; END IF;"
         " TRUNCATE {table}; END"
-    ).format(table=table, code=sql.Literal(_HOLDS_ROWS), name=sql.Literal(name))
+    ).format(table=table, code=sql.Literal(HOLDS_ROWS), name=sql.Literal(name))
     return sql.SQL("DO {}").format(sql.Literal(body.as_string(cur)))
 
 

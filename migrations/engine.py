@@ -23,7 +23,7 @@ from . import access, as_stored, deferred, extensions, init_sql as init_script, 
 from . import preflight, privileges, references, replicable, state
 from .catalog import Catalog, Table, ask_catalog, compare, read_catalog
 from .connection import Endpoints, connect, end_orphaned_sessions, one_line, one_round_trip, open_side_by_side, rolled_back_on_error
-from .copy import CopyObserver, LogObserver, TableCopy, copy_tables
+from .copy import HOLDS_ROWS, CopyObserver, LogObserver, TableCopy, copy_tables
 from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
 from .extensions import Extension
 from .freeze import freeze, unfreeze
@@ -134,9 +134,12 @@ def migrate(
         *(partial(connect, autocommit=True) for connect in (endpoints.connect_target, endpoints.connect_source, endpoints.connect_target))
     )
     with lock_holder, source, target:
-        if not state.lock(lock_holder, endpoints.target_schema):
+        # The preflight (the same database twice, the lock table, connections) only reads: it waits for no lock.
+        locked, jobs = run_all(2, [
+            partial(state.lock, lock_holder, endpoints.target_schema), partial(preflight.check, endpoints, source, target, jobs)
+        ])
+        if not locked:
             raise MigrationError(f"another migration into {endpoints.target_identity} is running")
-        jobs = preflight.check(endpoints, source, target, jobs)  # the same database twice, the lock table, connections
         # Opened in the background while the run reads and prepares; every step after lends them.
         with endpoints.keeping_open(
             source=jobs + preflight.EXTRA_SOURCE_CONNECTIONS, target=jobs + preflight.EXTRA_TARGET_CONNECTIONS
@@ -442,44 +445,54 @@ def prepare_target(
         # An online run's tables hold what its subscription replicated.
         owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else run.copied if run else set()
         unowned = [source_catalog.tables[name] for name in sorted(source_catalog.tables.keys() - owned)]
-        if held := _holding_rows(cur, target_catalog, unowned):
-            raise ForeignRows(
-                f"target table{'s' if len(held) > 1 else ''} {', '.join(f'{endpoints.target_schema}.{n}' for n in held)}"
-                f" on {endpoints.target_identity} hold{'' if len(held) > 1 else 's'} rows this engine did not write;"
-                " refusing to overwrite them"
-            )
         for ref in refs.foreign_keys:
             _index_reference(cur, endpoints.target_schema, ref)
         if service_user:
             _grant(cur, endpoints.target_schema, service_user)
         with target.cursor() as reading:
-            with target.pipeline():  # one round trip for the bookkeeping and the commit
-                state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
-                if init_sql is not None:
-                    state.record_init(cur, endpoints.target_schema, _digest(init_sql))
-                state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
-                state.select_run(reading, endpoints.target_schema)
-                cur.execute("COMMIT")
+            try:
+                with target.pipeline():  # one round trip for the refusal, the bookkeeping and the commit
+                    _refuse_holding_rows(cur, target_catalog, unowned)
+                    state.start_run(cur, endpoints.target_schema, endpoints.source_identity, mode)
+                    if init_sql is not None:
+                        state.record_init(cur, endpoints.target_schema, _digest(init_sql))
+                    state.record_references(cur, endpoints.target_schema, [_describe(r) for r in refs.items])
+                    state.select_run(reading, endpoints.target_schema)
+                    cur.execute("COMMIT")
+            except psycopg.Error as error:
+                if error.sqlstate != HOLDS_ROWS:
+                    raise
+                several = error.diag.message_detail != "1"
+                raise ForeignRows(
+                    f"target table{'s' if several else ''} {error.diag.message_primary} on {endpoints.target_identity}"
+                    f" hold{'' if several else 's'} rows this engine did not write; refusing to overwrite them"
+                ) from None
             return state.fetch_run(reading)
 
 
-def _holding_rows(cur: psycopg.Cursor, target: Catalog, tables: list[Table]) -> list[str]:
-    """Which of ``tables`` hold rows on the ``target``: one question for all of them, under any FORCEd policy lifted."""
+def _refuse_holding_rows(cur: psycopg.Cursor, target: Catalog, tables: list[Table]) -> None:
+    """Fail with ``HOLDS_ROWS`` if any of ``tables`` holds rows on the ``target``: their names the message, their number the detail.
+
+    Decided on the server, under any FORCEd policy lifted: statements that
+    need no answer, for the caller's pipeline.
+    """
     if not tables:
-        return []
+        return
     schema = target.schema
     forced = [t.name for t in tables if target.row_security.get(t.name)]
     for statement in as_stored.forcing(schema, forced, force=False):
         cur.execute(statement)
-    cur.execute(
-        sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(t.name), t.own_rows(schema)) for t in tables
-        )
+    held = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(t.name), t.own_rows(schema)) for t in tables
     )
-    held = [name for (name,) in cur.fetchall()]
+    body = sql.SQL(
+        "DECLARE names text; held int;"
+        " BEGIN SELECT string_agg({schema} || '.' || name, ', '), count(*) INTO names, held FROM ({held}) AS h (name);"
+        " IF held > 0 THEN RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = names, DETAIL = held; END IF; END"
+    ).format(schema=sql.Literal(schema), held=held, code=sql.Literal(HOLDS_ROWS))
+    cur.execute(sql.SQL("DO {}").format(sql.Literal(body.as_string(cur))))
     for statement in as_stored.forcing(schema, forced, force=True):
         cur.execute(statement)
-    return held
 
 
 def _missing_counterparts(target: Catalog, refs: References) -> list[str]:

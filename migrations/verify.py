@@ -322,13 +322,16 @@ def _compare(endpoints: Endpoints, relations: list[Relation], jobs: int, method:
 
         def run() -> None:
             with connect(autocommit=True) as conn:
+                readable: dict[str, bool] | None = None  # read with the first batch, for every relation
                 while not failed.is_set() and not stopping():
                     with lock:
                         if not queues[side]:
                             return
                         batch = queues[side].pop()
                     try:
-                        for name, found in _checksums(conn, schema, batch, method, side).items():
+                        if readable is None:
+                            readable = _readable(conn, schema, ordered)
+                        for name, found in _checksums(conn, schema, batch, method, side, readable).items():
                             sums[side, name] = found
                     except BaseException:
                         failed.set()
@@ -368,23 +371,28 @@ def checksum(connect, schema: str, table: Table, method: str | None = None) -> C
 
 
 def _checksum(conn: psycopg.Connection, schema: str, relation: Relation, method: str, side: str) -> Checksum | None:
-    return _checksums(conn, schema, [relation], method, side)[relation.name]
+    return _checksums(conn, schema, [relation], method, side, _readable(conn, schema, [relation]))[relation.name]
+
+
+def _readable(conn: psycopg.Connection, schema: str, relations: list[Relation]) -> dict[str, bool]:
+    """Which of ``relations`` exist, each with whether a FORCEd policy applies to the role (one round trip)."""
+    return dict(conn.execute(_READABLE, (sql.Identifier(schema).as_string(conn), [r.name for r in relations])).fetchall())
 
 
 def _checksums(
-    conn: psycopg.Connection, schema: str, relations: list[Relation], method: str, side: str
+    conn: psycopg.Connection, schema: str, relations: list[Relation], method: str, side: str, readable: dict[str, bool]
 ) -> dict[str, Checksum | None]:
-    """Each relation's checksum (None if it does not exist), in two round trips whatever their number.
+    """Each relation's checksum (None if it does not exist, as ``readable`` says), in one round trip whatever their number.
 
     On the target, which the engine owns, a FORCEd policy is lifted for the
     read, in a transaction rolled back; on the source, a materialized view is
     read through its query.
     """
-    readable = dict(conn.execute(_READABLE, (sql.Identifier(schema).as_string(conn), [r.name for r in relations])).fetchall())
     cursors: dict[str, psycopg.Cursor] = {}
     with one_round_trip(conn, roll_back=True) as cur:
         if side == "target":
-            for statement in as_stored.forcing(schema, sorted(name for name, forced in readable.items() if forced), force=False):
+            forced = sorted(r.name for r in relations if readable.get(r.name))
+            for statement in as_stored.forcing(schema, forced, force=False):
                 cur.execute(statement)
         for relation in relations:
             if relation.name in readable:

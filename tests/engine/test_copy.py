@@ -138,6 +138,31 @@ def test_rows_the_engine_did_not_write_are_refused(shared_source, service_target
         assert unfrozen_tables(conn, ONBOARDING.schema)  # the source was not touched
 
 
+def test_every_table_holding_rows_the_engine_did_not_write_is_named(shared_source, service_target):
+    target = service_target(ONBOARDING)
+    with psycopg.connect(target) as conn:
+        conn.execute(ONBOARDING.init_sql)
+        process = conn.execute(
+            "INSERT INTO onboarding.onboarding_processes (partner_id) VALUES (gen_random_uuid()) RETURNING id"
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO onboarding.documents (process_id, document_type, file_name, mime_type, size_bytes, content)"
+            " VALUES (%s, 'id', 'a.pdf', 'application/pdf', 1, 'x')",
+            (process,),
+        )
+
+    with pytest.raises(ForeignRows) as refused:
+        engine.migrate(endpoints_for(ONBOARDING, shared_source, target))
+
+    assert str(refused.value).startswith(
+        "target tables onboarding.documents, onboarding.onboarding_processes on "
+    ) and " hold rows this engine did not write" in str(refused.value)
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT to_regclass('schema_migration.run')").fetchone()[0] is None  # nothing written
+    with psycopg.connect(shared_source) as conn:
+        assert len(unfrozen_tables(conn, ONBOARDING.schema)) == len(table_rows(shared_source, ONBOARDING.schema))
+
+
 def test_a_second_run_copies_nothing_and_verifies_again(shared_source, service_target):
     target = service_target(ONBOARDING)
     endpoints = endpoints_for(ONBOARDING, shared_source, target)

@@ -138,6 +138,11 @@ def _server_of(conn: psycopg.Connection) -> tuple[str | None, int | None, str | 
     return conn.info.host, conn.info.port, conn.info.dbname
 
 
+def orphans_left() -> bool:
+    """Whether any engine connection of this process broke with its server session perhaps still there."""
+    return any(_orphans.values())
+
+
 def end_orphaned_sessions(conn: psycopg.Connection) -> int:
     """End the server sessions, on ``conn``'s server, of this process's engine connections whose link broke; how many.
 

@@ -22,7 +22,9 @@ from psycopg import sql
 from . import access, as_stored, deferred, extensions, init_sql as init_script, large_objects, lifecycle, materialized_views, orphans
 from . import preflight, privileges, references, replicable, state
 from .catalog import Catalog, Table, ask_catalog, compare, read_catalog
-from .connection import Endpoints, connect, end_orphaned_sessions, one_line, one_round_trip, open_side_by_side, rolled_back_on_error
+from .connection import (
+    Endpoints, connect, end_orphaned_sessions, one_line, one_round_trip, open_side_by_side, orphans_left, rolled_back_on_error
+)
 from .copy import HOLDS_ROWS, CopyObserver, LogObserver, TableCopy, copy_tables
 from .errors import ForeignRows, MigrationError, SchemaDrift, VerificationFailed
 from .extensions import Extension
@@ -260,6 +262,7 @@ def _copied_so_far(endpoints: Endpoints, tables: int) -> str:
 def _after_failure(endpoints: Endpoints, keep_frozen: bool) -> str:
     """Lift the freeze after a failure (unless asked not to); return where that leaves the service and what to run."""
     if keep_frozen:
+        _end_target_orphans(endpoints)
         return f"{endpoints.source_identity} is still frozen (--keep-frozen); run the same command again to continue"
     try:
         with endpoints.connect_source(autocommit=True) as source:
@@ -272,10 +275,22 @@ def _after_failure(endpoints: Endpoints, keep_frozen: bool) -> str:
             " lift it with python -m migrations unfreeze, or run the same command again"
         )
     log.warning("lifted the freeze on %d tables of %s", len(lifted), endpoints.source_identity)
+    _end_target_orphans(endpoints)
     return (
         f"the freeze on {endpoints.source_identity} was lifted, the service keeps writing there;"
         " run the same command again to continue"
     )
+
+
+def _end_target_orphans(endpoints: Endpoints) -> None:
+    """End the target sessions whose link broke: a load's would keep its table locked against the next run."""
+    if not orphans_left():
+        return
+    try:
+        with endpoints.connect_target(autocommit=True) as target:
+            end_orphaned_sessions(target)
+    except (psycopg.Error, MigrationError):
+        pass  # that server ends them itself once it notices the link is gone
 
 
 def verify(endpoints: Endpoints, jobs: int = 2, peers: dict[str, str] | None = None) -> MigrationReport:

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -123,15 +124,13 @@ def test_a_bad_network_timeout_is_refused_in_one_line(monkeypatch):
         Endpoints("host=127.0.0.1 dbname=a", "s", "host=127.0.0.1 dbname=b", "s").connect_source()
 
 
-def test_the_server_session_of_a_connection_whose_link_broke_is_ended_and_its_locks_go(source_server, new_database):
-    """Behind a half-open link the server never hears of the break: its session would keep a table's lock for
-    minutes, and the freeze could not be lifted (the engine ends such sessions before lifting it)."""
-    source = new_database(source_server, "orphan_src")
-    with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(DDL)
-    with fault_proxy(source_server.port, cut_after=20_000, to_server=True, stall=True) as proxy:
-        via_proxy = make_conninfo(source, port=proxy.port)
-        conn = connect(via_proxy, "source", schema=SCHEMA)
+@contextmanager
+def _orphaned_session(server, database: str, side: str) -> Iterator[tuple[str, int]]:
+    """A session on ``database`` holding a lock on ledger.entry, whose link broke half-open: the client gave up on
+    it, the server never heard. Yields how to reach the server through that link's proxy, and the session's pid."""
+    with fault_proxy(server.port, cut_after=20_000, to_server=True, stall=True) as proxy:
+        via_proxy = make_conninfo(database, port=proxy.port)
+        conn = connect(via_proxy, side, schema=SCHEMA)
         conn.execute("LOCK TABLE ledger.entry IN ACCESS SHARE MODE")  # in a transaction, as a COPY's read is
         pid = conn.info.backend_pid
         # The proxy stalls this statement on its way: the client gives up on the link, the server is left waiting.
@@ -139,16 +138,46 @@ def test_the_server_session_of_a_connection_whose_link_broke_is_ended_and_its_lo
         with pytest.raises(psycopg.OperationalError):
             conn.execute("SELECT %s", ["x" * 50_000])
         conn.close()
-        with psycopg.connect(source, autocommit=True) as admin:
-            held = "SELECT count(*) FROM pg_locks WHERE pid = %s AND relation = 'ledger.entry'::regclass"
-            assert admin.execute(held, (pid,)).fetchone()[0] == 1
-            with connect(via_proxy, "source", schema=SCHEMA) as other:
-                assert end_orphaned_sessions(other) == 1
-                assert end_orphaned_sessions(other) == 0  # each one once
-            deadline = time.monotonic() + 5
-            while admin.execute(held, (pid,)).fetchone()[0] and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert admin.execute(held, (pid,)).fetchone()[0] == 0
+        assert _holds_lock(database, pid)
+        yield via_proxy, pid
+
+
+def _holds_lock(database: str, pid: int, wait: float = 0) -> bool:
+    """Whether session ``pid`` holds a lock on ledger.entry (after waiting up to ``wait`` seconds for it to go)."""
+    deadline = time.monotonic() + wait
+    with psycopg.connect(database, autocommit=True) as admin:
+        while True:
+            held = admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = %s AND relation = 'ledger.entry'::regclass", (pid,)
+            ).fetchone()[0]
+            if not held or time.monotonic() >= deadline:
+                return bool(held)
+            time.sleep(0.05)
+
+
+def test_the_server_session_of_a_connection_whose_link_broke_is_ended_and_its_locks_go(source_server, new_database):
+    """Behind a half-open link the server never hears of the break: its session would keep a table's lock for
+    minutes, and the freeze could not be lifted (the engine ends such sessions before lifting it)."""
+    source = new_database(source_server, "orphan_src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(DDL)
+    with _orphaned_session(source_server, source, "source") as (via_proxy, pid):
+        with connect(via_proxy, "source", schema=SCHEMA) as other:
+            assert end_orphaned_sessions(other) == 1
+            assert end_orphaned_sessions(other) == 0  # each one once
+        assert not _holds_lock(source, pid, wait=5)
+
+
+def test_after_a_failure_the_targets_orphaned_session_is_ended_too(source_server, target_server, new_database):
+    """A load's session left behind a broken link would keep its table locked against the next run."""
+    source, target = new_database(source_server, "orphan_src"), new_database(target_server, "orphan_dst")
+    for database in (source, target):
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(DDL)
+    with _orphaned_session(target_server, target, "target") as (via_proxy, pid):
+        where = engine._after_failure(Endpoints(source, SCHEMA, via_proxy, SCHEMA), keep_frozen=False)
+        assert "the freeze on" in where and "run the same command again" in where
+        assert not _holds_lock(target, pid, wait=5)
 
 
 @pytest.mark.parametrize("side", ["source", "target"])

@@ -132,8 +132,7 @@ def run(options: Options, console: Console) -> dict:
             console.print(_describe_attempt(runnable[0], _attempt(runnable[0], ctx, reference, 0), options.rounds))
         attempts: dict[str, list[Attempt]] = {tool.name: [] for tool in runnable}
         for round_ in range(1, options.rounds + 1):
-            shift = (round_ - 1) % max(1, len(runnable))
-            for tool in runnable[shift:] + runnable[:shift]:
+            for tool in _round_order(runnable, round_):
                 attempt = _attempt(tool, ctx, reference, round_)
                 attempts[tool.name].append(attempt)
                 console.print(_describe_attempt(tool, attempt, options.rounds))
@@ -154,6 +153,25 @@ def run(options: Options, console: Console) -> dict:
             for leftover in ("dump", "pgcopydb", "reference-files"):
                 shutil.rmtree(workdir / leftover, ignore_errors=True)
             (workdir / "client.pgpass").unlink(missing_ok=True)
+
+
+def _round_order(tools_: list[tools.Tool], round_: int) -> list[tools.Tool]:
+    """The tools in round ``round_``'s order: rotated by one each round, the engine's two runs side by side.
+
+    The latency target is the ratio of the engine's run through the proxy to
+    its straight run; run one after the other, in an order that alternates,
+    they meet the same state of the machine (the previous tool's after-effects).
+    """
+    paired = {"engine", "engine_local"} <= {tool.name for tool in tools_}
+    units: list[list[tools.Tool]] = []
+    for tool in tools_:
+        if paired and tool.name == "engine":
+            local = next(t for t in tools_ if t.name == "engine_local")
+            units.append([tool, local] if round_ % 2 else [local, tool])
+        elif not (paired and tool.name == "engine_local"):
+            units.append([tool])
+    shift = (round_ - 1) % len(units)
+    return [tool for unit in units[shift:] + units[:shift] for tool in unit]
 
 
 def server_settings(options: Options) -> dict[str, str]:

@@ -97,15 +97,15 @@ class LogObserver:
 def copy_tables(
     endpoints: Endpoints,
     tables: list[Table],
-    guards: as_stored.Guards,
-    rebuild: deferred.Rebuild,
+    prepare: Callable[[], tuple[as_stored.Guards, deferred.Rebuild]],
     jobs: int,
     observer: CopyObserver,
 ) -> list[TableCopy]:
     """Copy ``tables`` on ``jobs`` connections that share one exported source snapshot.
 
-    ``guards`` are the target's triggers and policies, lifted during each
-    load; ``rebuild`` what is set aside, read before the copy.
+    ``prepare`` readies the target for the load, while the source exports
+    the snapshot, and returns its triggers and policies (lifted during each
+    load) and what is set aside (read once, before the copy).
 
     Each worker keeps one source connection (the snapshot imported once, in
     one read-only transaction) and one target connection (one transaction per
@@ -122,10 +122,7 @@ def copy_tables(
     with endpoints.connect_source(autocommit=True) as coordinator:
         # The exporting transaction must stay open until every worker has imported the snapshot:
         # each does so as it starts, and the last one ends it.
-        with coordinator.pipeline():
-            coordinator.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            exported = coordinator.execute("SELECT pg_export_snapshot()")
-        snapshot = exported.fetchone()[0]
+        (guards, rebuild), snapshot = run_all(2, [prepare, partial(_export_snapshot, coordinator)])
         largest_first = sorted(tables, key=lambda t: (-t.size_bytes, t.name))
         queue = list(reversed(_batches(largest_first, jobs)))  # the jobs take from its end, the small-table lane from its start
         # Index builds of the large tables copied, largest table first: each a step, so that
@@ -199,6 +196,14 @@ def copy_tables(
 
         run_all(workers, [partial(worker, small_batch)] * SMALL_TABLE_LANES + [partial(worker, any_batch)] * jobs)
     return [results[t.name] for t in largest_first]
+
+
+def _export_snapshot(coordinator: psycopg.Connection) -> str:
+    """Begin the transaction whose snapshot every worker imports; its name (one round trip)."""
+    with coordinator.pipeline():
+        coordinator.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        exported = coordinator.execute("SELECT pg_export_snapshot()")
+    return exported.fetchone()[0]
 
 
 def _small(batch: list[Table]) -> bool:

@@ -569,13 +569,17 @@ def _copy(
     if not pending:
         return []
     schema = endpoints.target_schema
-    with one_round_trip(target) as cur:  # and one more to read what to set aside, if it is not yet
-        if not run.deferred:
-            objects = deferred.set_aside(cur, schema)
-            state.record_deferred(cur, schema, objects)
-            log.info("set aside %d indexes and constraints for the load", len(objects))
-        guards, rebuild = as_stored.Guards.ask(target, schema), deferred.Rebuild.ask(target, schema, sizes=False)
-    return copy_tables(endpoints, pending, guards(), rebuild(), jobs, observer)
+
+    def prepare() -> tuple[as_stored.Guards, deferred.Rebuild]:
+        with one_round_trip(target) as cur:  # and one more to read what to set aside, if it is not yet
+            if not run.deferred:
+                objects = deferred.set_aside(cur, schema)
+                state.record_deferred(cur, schema, objects)
+                log.info("set aside %d indexes and constraints for the load", len(objects))
+            guards, rebuild = as_stored.Guards.ask(target, schema), deferred.Rebuild.ask(target, schema, sizes=False)
+        return guards(), rebuild()
+
+    return copy_tables(endpoints, pending, prepare, jobs, observer)
 
 
 def _finish(

@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 
 import psycopg
 
@@ -123,12 +124,20 @@ class Room:
 class Server:
     """One side as ``check`` sees it."""
 
-    system_identifier: int | None  # None: this role may not call pg_control_system()
+    system_identifier: int | None  # None: not read (see ``check``), or this role may not call pg_control_system()
     started: datetime  # pg_postmaster_start_time()
     database_oid: int
     room: Room
     max_locks_per_transaction: int
     max_prepared_transactions: int
+    identifiable: bool = False  # the role may call pg_control_system()
+
+    def identified(self, conn: psycopg.Connection) -> Server:
+        """This server with its system identifier, where the role may read it (one round trip)."""
+        if not self.identifiable:
+            return self
+        (identifier,) = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        return replace(self, system_identifier=identifier)
 
     def same_server(self, other: Server) -> bool:
         """Two connections to one running server.
@@ -159,7 +168,7 @@ class Server:
 def read_server(conn: psycopg.Connection, side: str, where: str, schema: str | None = None) -> tuple[Server, Locale, int]:
     """The server as ``check`` sees it, its database's locale, and the relations of ``schema`` (0 without one).
 
-    Two round trips: the system identifier only where the role may read it.
+    One round trip; the system identifier is not read (see :meth:`Server.identified`).
     """
     with conn.cursor() as server, conn.cursor() as locale, conn.cursor() as relations:
         with conn.pipeline():  # rows fetched once it ends
@@ -170,11 +179,8 @@ def read_server(conn: psycopg.Connection, side: str, where: str, schema: str | N
             started, oid, max_connections, superuser_reserved, reserved, in_use, max_locks, max_prepared, may_read,
             role_limit, role_in_use, database_limit, database_in_use,
         ) = server.fetchone()
-        system_identifier = None
-        if may_read:
-            system_identifier = server.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
         found = Server(
-            system_identifier,
+            None,
             started,
             oid,
             Room(
@@ -183,6 +189,7 @@ def read_server(conn: psycopg.Connection, side: str, where: str, schema: str | N
             ),
             max_locks,
             max_prepared,
+            may_read,
         )
         return found, Locale.of(locale.fetchone()[0]), relations.fetchone()[0]
 
@@ -199,6 +206,12 @@ def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Conn
             lambda: read_server(target, "target", describe(endpoints.target)),
         ])
         refuse_collation_change(source, source_locale, target_locale, endpoints)
+        if source_server.started == target_server.started:
+            # Started at the same instant: one server, or a clone or standby of it, which only the system
+            # identifiers tell apart. Servers started at different instants are two: no round trip for them.
+            source_server, target_server = run_all(
+                2, [partial(source_server.identified, source), partial(target_server.identified, target)]
+            )
     finally:
         source.rollback()
         target.rollback()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -108,6 +109,21 @@ def test_two_databases_of_one_server_are_not_the_same_database(lab: Lab, source_
     target = lab.database(source_server, "same_server_dst")
     report = engine.migrate(Endpoints(source, SHOP.schema, target, SHOP.schema), init_sql=SHOP.init_sql, jobs=2)
     assert report.verified
+
+
+def test_servers_started_at_one_instant_are_told_apart_by_the_system_identifier_read_only_then(
+    lab: Lab, source_server
+) -> None:
+    source = lab.source(SHOP)
+    with psycopg.connect(source) as conn:
+        server = preflight.read_server(conn, "source", where(source))[0]
+        assert server.system_identifier is None and server.identifiable  # a superuser here; not read yet
+        identified = server.identified(conn)
+        (identifier,) = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+    assert identified.system_identifier == identifier
+    other = replace(identified, system_identifier=identifier + 1)  # another cluster started at the same instant
+    assert identified.same_server(identified) and not identified.same_server(other)
+    assert not identified.same_server(replace(identified, started=datetime(2000, 1, 1, tzinfo=timezone.utc)))
 
 
 def database_oid(conninfo: str) -> int:

@@ -166,8 +166,8 @@ class Rebuild:
     def ask(cls, conn: psycopg.Connection, schema: str, sizes: bool = True) -> Callable[[], Rebuild]:
         """Send :meth:`read`'s queries (in the caller's pipeline); what it returns reads their rows once it has ended.
 
-        Reading a table's size waits for the lock of a load still under way:
-        the copy, which reads this before it loads, does without (``sizes``).
+        The tables' sizes order :func:`restore`; the copy's own index builds
+        (see :func:`index_builds`) do without them (``sizes``).
         """
         pending, sized, present = conn.cursor(), conn.cursor(), conn.cursor()
         state.select_pending_objects(pending, schema)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -457,8 +457,10 @@ def prepare_target(
         differences += compare(source_catalog, target_catalog) + _missing_counterparts(target_catalog, refs)
         if differences:
             raise SchemaDrift(endpoints.source_identity, endpoints.target_identity, differences)
-        # An online run's tables hold what its subscription replicated.
-        owned = source_catalog.tables.keys() if run and run.mode == state.ONLINE else run.copied if run else set()
+        if run and run.mode == state.ONLINE:
+            owned: Set[str] = source_catalog.tables.keys()  # what its subscription replicated
+        else:
+            owned = run.copied if run else frozenset()
         unowned = [source_catalog.tables[name] for name in sorted(source_catalog.tables.keys() - owned)]
         for ref in refs.foreign_keys:
             _index_reference(cur, endpoints.target_schema, ref)
@@ -486,10 +488,11 @@ def prepare_target(
 
 
 def _refuse_holding_rows(cur: psycopg.Cursor, target: Catalog, tables: list[Table]) -> None:
-    """Fail with ``HOLDS_ROWS`` if any of ``tables`` holds rows on the ``target``: their names the message, their number the detail.
+    """Fail with ``HOLDS_ROWS`` if any of ``tables`` holds rows on the ``target``.
 
-    Decided on the server, under any FORCEd policy lifted: statements that
-    need no answer, for the caller's pipeline.
+    The error's message names them, its detail counts them. Decided on the
+    server, under any FORCEd policy lifted: statements that need no answer,
+    for the caller's pipeline.
     """
     if not tables:
         return

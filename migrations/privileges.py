@@ -60,7 +60,7 @@ _RELATION_KINDS = {
 _OBJECTS_IN_SCHEMA = """
 SELECT 'relation:' || c.relkind::text, c.relname, pg_get_userbyid(c.relowner)
   FROM pg_class c
- WHERE c.relnamespace = %(schema)s::regnamespace
+ WHERE c.relnamespace = to_regnamespace(%(schema)s)
    AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
    AND NOT EXISTS (SELECT FROM pg_depend d
                     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
@@ -68,7 +68,7 @@ SELECT 'relation:' || c.relkind::text, c.relname, pg_get_userbyid(c.relowner)
 UNION ALL
 SELECT 'type:' || t.typtype::text, t.typname, pg_get_userbyid(t.typowner)
   FROM pg_type t
- WHERE t.typnamespace = %(schema)s::regnamespace
+ WHERE t.typnamespace = to_regnamespace(%(schema)s)
    AND t.typtype IN ('e', 'd', 'r', 'c')
    AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
    AND NOT EXISTS (SELECT FROM pg_depend d
@@ -76,7 +76,7 @@ SELECT 'type:' || t.typtype::text, t.typname, pg_get_userbyid(t.typowner)
 UNION ALL
 SELECT 'routine:' || pg_get_function_identity_arguments(p.oid), p.proname, pg_get_userbyid(p.proowner)
   FROM pg_proc p
- WHERE p.pronamespace = %(schema)s::regnamespace
+ WHERE p.pronamespace = to_regnamespace(%(schema)s)
    AND NOT EXISTS (SELECT FROM pg_depend d
                     WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
 ORDER BY 1, 2
@@ -191,12 +191,64 @@ def retire_migrator(cur: psycopg.Cursor) -> str:
 
 
 def findings(cur: psycopg.Cursor, schema: str, user: str) -> list[str]:
-    """What breaks least privilege for ``user`` in this database and its ``schema``; empty when nothing does."""
-    cur.execute(
-        "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = %s",
-        (user,),
-    )
-    row = cur.fetchone()
+    """What breaks least privilege for ``user`` in this database and its ``schema``; empty when nothing does.
+
+    Every question in one round trip (it runs in the freeze window): none of
+    them fails when the user or the schema does not exist.
+    """
+    conn = cur.connection
+    user_ref = sql.Identifier(user).as_string(cur)
+    schema_ref = sql.Identifier(schema).as_string(cur)
+    with conn.pipeline():
+        attributes = conn.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = %s",
+            (user,),
+        )
+        memberships = conn.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+            " WHERE m.member = to_regrole(%s) ORDER BY 1",
+            (user_ref,),
+        )
+        database = conn.execute(
+            "SELECT current_database(), datdba = to_regrole(%(user)s),"
+            " EXISTS (SELECT FROM aclexplode(coalesce(datacl, acldefault('d', datdba))) a WHERE a.grantee = 0),"
+            " coalesce(has_database_privilege(to_regrole(%(user)s), oid, 'CREATE'), false)"
+            " FROM pg_database WHERE datname = current_database()",
+            {"user": user_ref},
+        )
+        namespace = conn.execute(
+            "SELECT to_regnamespace(%(schema)s) IS NOT NULL,"
+            " EXISTS (SELECT FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a"
+            "          WHERE n.oid = to_regnamespace(%(schema)s) AND a.grantee = 0),"
+            " (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE oid = to_regnamespace(%(schema)s))",
+            {"schema": schema_ref},
+        )
+        usable = conn.execute(
+            "SELECT nspname FROM pg_namespace"
+            " WHERE nspname <> %(schema)s AND nspname NOT IN ('pg_catalog', 'information_schema')"
+            "   AND nspname NOT LIKE 'pg\\_%%'"
+            "   AND (has_schema_privilege(to_regrole(%(user)s), oid, 'CREATE')"
+            "        OR (nspname = %(state)s AND has_schema_privilege(to_regrole(%(user)s), oid, 'USAGE')))"
+            " ORDER BY 1",
+            {"schema": schema, "user": user_ref, "state": STATE_SCHEMA},
+        )
+        owned_schemas = conn.execute(
+            "SELECT n.nspname FROM pg_namespace n WHERE n.nspowner = to_regrole(%s) AND n.nspname <> %s ORDER BY 1",
+            (user_ref, schema),
+        )
+        owned_outside = conn.execute(
+            "SELECT n.nspname || '.' || o.name FROM ("
+            "  SELECT relnamespace AS nsp, relname AS name, relowner AS owner FROM pg_class"
+            "  UNION ALL SELECT typnamespace, typname, typowner FROM pg_type"
+            "  UNION ALL SELECT pronamespace, proname, proowner FROM pg_proc) o"
+            " JOIN pg_namespace n ON n.oid = o.nsp"
+            " WHERE o.owner = to_regrole(%s) AND n.nspname <> %s"
+            "   AND n.nspname <> 'pg_toast'"  # TOAST tables and their indexes follow their table
+            " ORDER BY 1",
+            (user_ref, schema),
+        )
+        objects = conn.execute(_OBJECTS_IN_SCHEMA, {"schema": schema_ref})
+    row = attributes.fetchone()
     if row is None:
         return [f"service user {user} does not exist"]
     found = [
@@ -204,72 +256,27 @@ def findings(cur: psycopg.Cursor, schema: str, user: str) -> list[str]:
         for attribute, held in zip(("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS"), row)
         if held
     ]
-    user_ref = sql.Identifier(user).as_string(cur)
-    schema_ref = sql.Identifier(schema).as_string(cur)
-    cur.execute(
-        "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
-        " WHERE m.member = %s::regrole ORDER BY 1",
-        (user_ref,),
-    )
-    found += [f"{user} is a member of {role}" for (role,) in cur.fetchall()]
-    cur.execute(
-        "SELECT current_database(), datdba = %(user)s::regrole,"
-        " EXISTS (SELECT FROM aclexplode(coalesce(datacl, acldefault('d', datdba))) a WHERE a.grantee = 0),"
-        " has_database_privilege(%(user)s::regrole, oid, 'CREATE')"
-        " FROM pg_database WHERE datname = current_database()",
-        {"user": user_ref},
-    )
-    database, owns_database, public_on_database, creates_schemas = cur.fetchone()
+    found += [f"{user} is a member of {role}" for (role,) in memberships.fetchall()]
+    name, owns_database, public_on_database, creates_schemas = database.fetchone()
     if owns_database:
-        found.append(f"{user} owns database {database}")
+        found.append(f"{user} owns database {name}")
     if public_on_database:
-        found.append(f"PUBLIC has rights on database {database}")
+        found.append(f"PUBLIC has rights on database {name}")
     if creates_schemas:
-        found.append(f"{user} can create schemas in database {database}")
-    cur.execute(
-        "SELECT to_regnamespace(%s) IS NOT NULL,"
-        " EXISTS (SELECT FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a"
-        "          WHERE n.oid = to_regnamespace(%s) AND a.grantee = 0)",
-        (schema_ref, schema_ref),
-    )
-    schema_exists, public_on_schema = cur.fetchone()
+        found.append(f"{user} can create schemas in database {name}")
+    schema_exists, public_on_schema, schema_owner = namespace.fetchone()
     if not schema_exists:
         return [*found, f"schema {schema} does not exist"]
     if public_on_schema:
         found.append(f"PUBLIC has rights on schema {schema}")
-    cur.execute(
-        "SELECT nspname FROM pg_namespace"
-        " WHERE nspname <> %(schema)s AND nspname NOT IN ('pg_catalog', 'information_schema')"
-        "   AND nspname NOT LIKE 'pg\\_%%'"
-        "   AND (has_schema_privilege(%(user)s::regrole, oid, 'CREATE')"
-        "        OR (nspname = %(state)s AND has_schema_privilege(%(user)s::regrole, oid, 'USAGE')))"
-        " ORDER BY 1",
-        {"schema": schema, "user": user_ref, "state": STATE_SCHEMA},
-    )
-    found += [f"{user} can use schema {name}" for (name,) in cur.fetchall()]
-    cur.execute(
-        "SELECT n.nspname FROM pg_namespace n WHERE n.nspowner = %s::regrole AND n.nspname <> %s ORDER BY 1",
-        (user_ref, schema),
-    )
-    found += [f"{user} owns schema {name}, outside its schema" for (name,) in cur.fetchall()]
-    cur.execute(
-        "SELECT n.nspname || '.' || o.name FROM ("
-        "  SELECT relnamespace AS nsp, relname AS name, relowner AS owner FROM pg_class"
-        "  UNION ALL SELECT typnamespace, typname, typowner FROM pg_type"
-        "  UNION ALL SELECT pronamespace, proname, proowner FROM pg_proc) o"
-        " JOIN pg_namespace n ON n.oid = o.nsp"
-        " WHERE o.owner = %s::regrole AND n.nspname <> %s"
-        "   AND n.nspname <> 'pg_toast'"  # TOAST tables and their indexes follow their table
-        " ORDER BY 1",
-        (user_ref, schema),
-    )
-    found += [f"{user} owns {name}, outside its schema" for (name,) in cur.fetchall()]
-    cur.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE oid = %s::regnamespace", (schema_ref,))
-    if (owner := cur.fetchone()[0]) != user:
-        found.append(f"schema {schema} is owned by {owner}, not {user}")
+    found += [f"{user} can use schema {other}" for (other,) in usable.fetchall()]
+    found += [f"{user} owns schema {other}, outside its schema" for (other,) in owned_schemas.fetchall()]
+    found += [f"{user} owns {other}, outside its schema" for (other,) in owned_outside.fetchall()]
+    if schema_owner != user:
+        found.append(f"schema {schema} is owned by {schema_owner}, not {user}")
     found += [
-        f"{kind.split(':')[0]} {schema}.{name} is owned by {owner}, not {user}"
-        for kind, name, owner in _objects(cur, schema)
+        f"{kind.split(':')[0]} {schema}.{object_name} is owned by {owner}, not {user}"
+        for kind, object_name, owner in objects.fetchall()
         if owner != user
     ]
     return found

@@ -210,3 +210,13 @@ def test_a_superuser_is_never_retired_and_a_refusal_is_one_line(cloud: CloudTarg
     assert message.startswith(f"service user {instance.user.user} has more than it needs in database {instance.database}: ")
     assert "\n" not in message and "schema recruitment does not exist" in message
     psycopg.connect(cloud.superuser(instance.database)).close()  # still logs in
+
+
+def test_findings_name_a_service_user_or_schema_that_does_not_exist_in_one_round_trip(shared_source: str) -> None:
+    """All the questions go out at once: a missing role or schema must not fail the others."""
+    with psycopg.connect(shared_source) as conn, conn.cursor() as cur:
+        assert privileges.findings(cur, "onboarding", "nobody_here") == ["service user nobody_here does not exist"]
+        current = conn.execute("SELECT current_user").fetchone()[0]
+        found = privileges.findings(cur, "no_such_schema", current)
+    assert found[-1] == "schema no_such_schema does not exist"
+    assert f"{current} has SUPERUSER" in found  # the test servers' own role

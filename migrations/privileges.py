@@ -94,11 +94,19 @@ def restrict_service_user(cur: psycopg.Cursor, user: str) -> list[str]:
     ``public`` schema (PostgreSQL 14 and older grant it). Returns what was
     taken, for the log. Refuses a superuser (only a superuser could demote it).
     """
-    cur.execute(
-        "SELECT rolsuper, rolreplication, rolbypassrls, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = %s",
-        (user,),
-    )
-    row = cur.fetchone()
+    conn = cur.connection
+    with conn.pipeline():  # the three questions in one round trip
+        role = conn.execute(
+            "SELECT rolsuper, rolreplication, rolbypassrls, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = %s",
+            (user,),
+        )
+        member_of = conn.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+            " WHERE m.member = to_regrole(%s) ORDER BY 1",
+            (sql.Identifier(user).as_string(cur),),
+        )
+        where = conn.execute("SELECT current_database(), to_regnamespace('public') IS NOT NULL")
+    row = role.fetchone()
     if row is None:
         raise PrivilegeError(f"service user {user} does not exist on the target")
     attributes = dict(zip(("rolsuper", "rolreplication", "rolbypassrls", "rolcreatedb", "rolcreaterole"), row))
@@ -108,19 +116,13 @@ def restrict_service_user(cur: psycopg.Cursor, user: str) -> list[str]:
             " refusing to let the service use it (create it as an ordinary Cloud SQL user)"
         )
     taken = [name for key, name in (("rolcreatedb", "CREATEDB"), ("rolcreaterole", "CREATEROLE")) if attributes[key]]
-    cur.execute(
-        "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
-        " WHERE m.member = %s::regrole ORDER BY 1",
-        (sql.Identifier(user).as_string(cur),),
-    )
-    memberships = [name for (name,) in cur.fetchall()]
+    memberships = [name for (name,) in member_of.fetchall()]
     ident = sql.Identifier(user)
     statements = []
     if taken:
         statements.append(sql.SQL("ALTER ROLE {} NOCREATEDB NOCREATEROLE").format(ident))
     statements += [sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), ident) for role in memberships]
-    cur.execute("SELECT current_database(), to_regnamespace('public') IS NOT NULL")
-    database, has_public = cur.fetchone()
+    database, has_public = where.fetchone()
     statements.append(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(sql.Identifier(database), ident))
     if has_public:
         statements.append(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
@@ -138,31 +140,31 @@ def hand_over(cur: psycopg.Cursor, schema: str, user: str) -> int:
     first: changing an owner needs it, and it lets a later update apply a
     changed init SQL to objects the service now owns.
     """
-    cur.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
-    current, is_superuser = cur.fetchone()
-    cur.execute(
-        "SELECT to_regnamespace(%s) IS NOT NULL, r.oid IS NOT NULL AND pg_has_role(current_user, r.oid, 'USAGE')"
-        " FROM (SELECT to_regrole(%s) AS oid) r",
-        (sql.Identifier(schema).as_string(cur), sql.Identifier(user).as_string(cur)),
-    )
-    schema_exists, acts_as_user = cur.fetchone()
-    cur.execute("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (user,))
-    if not cur.fetchone()[0]:
+    conn = cur.connection
+    schema_ref = sql.Identifier(schema).as_string(cur)
+    with conn.pipeline():  # every question in one round trip: none fails for a missing role or schema
+        me = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+        found = conn.execute(
+            "SELECT r.oid IS NOT NULL, r.oid IS NOT NULL AND pg_has_role(current_user, r.oid, 'USAGE'),"
+            " n.oid IS NOT NULL, pg_get_userbyid(n.nspowner)"
+            " FROM (SELECT to_regrole(%s) AS oid) r LEFT JOIN pg_namespace n ON n.oid = to_regnamespace(%s)",
+            (sql.Identifier(user).as_string(cur), schema_ref),
+        )
+        objects = conn.execute(_OBJECTS_IN_SCHEMA, {"schema": schema_ref})
+    current, is_superuser = me.fetchone()
+    user_exists, acts_as_user, schema_exists, schema_owner = found.fetchone()
+    if not user_exists:
         raise PrivilegeError(f"service user {user} does not exist on the target")
     if not schema_exists:
         raise PrivilegeError(f"schema {schema} does not exist on the target; nothing to hand over to {user}")
     statements: list[sql.Composable] = []
     if not is_superuser and not acts_as_user:
         statements.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(user), sql.Identifier(current)))
-    cur.execute(
-        "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE oid = %s::regnamespace",
-        (sql.Identifier(schema).as_string(cur),),
-    )
     changed = 0
-    if cur.fetchone()[0] != user:
+    if schema_owner != user:
         statements.append(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), sql.Identifier(user)))
         changed += 1
-    for kind, name, owner in _objects(cur, schema):
+    for kind, name, owner in objects.fetchall():
         if owner == user:
             continue
         statements.append(_alter_owner(kind, schema, name, user))
@@ -289,11 +291,6 @@ def verify(cur: psycopg.Cursor, schema: str, user: str) -> None:
         raise PrivilegeError(
             f"service user {user} has more than it needs in database {cur.fetchone()[0]}: " + "; ".join(problems)
         )
-
-
-def _objects(cur: psycopg.Cursor, schema: str) -> list[tuple[str, str, str]]:
-    cur.execute(_OBJECTS_IN_SCHEMA, {"schema": sql.Identifier(schema).as_string(cur)})
-    return cur.fetchall()
 
 
 def _alter_owner(kind: str, schema: str, name: str, user: str) -> sql.Composable:

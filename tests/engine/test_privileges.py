@@ -220,3 +220,15 @@ def test_findings_name_a_service_user_or_schema_that_does_not_exist_in_one_round
         found = privileges.findings(cur, "no_such_schema", current)
     assert found[-1] == "schema no_such_schema does not exist"
     assert f"{current} has SUPERUSER" in found  # the test servers' own role
+
+
+def test_handing_over_to_a_missing_user_or_a_missing_schema_is_refused_by_name(shared_source: str) -> None:
+    with psycopg.connect(shared_source) as conn, conn.cursor() as cur:
+        current = conn.execute("SELECT current_user").fetchone()[0]
+        with pytest.raises(PrivilegeError, match="^service user nobody_here does not exist on the target$"):
+            privileges.hand_over(cur, "onboarding", "nobody_here")
+        with pytest.raises(PrivilegeError, match="^service user nobody_here does not exist on the target$"):
+            privileges.restrict_service_user(cur, "nobody_here")
+        with pytest.raises(PrivilegeError, match="^schema no_such_schema does not exist on the target; nothing to hand over"):
+            privileges.hand_over(cur, "no_such_schema", current)
+        conn.rollback()

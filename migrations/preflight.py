@@ -207,8 +207,9 @@ def check(endpoints: Endpoints, source: psycopg.Connection, target: psycopg.Conn
         ])
         refuse_collation_change(source, source_locale, target_locale, endpoints)
         if source_server.started == target_server.started:
-            # Started at the same instant: one server, or a clone or standby of it, which only the system
-            # identifiers tell apart. Servers started at different instants are two: no round trip for them.
+            # Started at the same instant: one server, or two clusters by a coincidence that only their system
+            # identifiers can rule out. Started at different instants, they are two (a standby or a clone of
+            # one included): no round trip for them.
             source_server, target_server = run_all(
                 2, [partial(source_server.identified, source), partial(target_server.identified, target)]
             )

@@ -131,16 +131,22 @@ def lock(conn: psycopg.Connection, target_schema: str, wait_seconds: int = 10) -
     return True
 
 
-_COPIED_TABLES = "SELECT table_name FROM schema_migration.copied_table WHERE target_schema = {}"
-_COPIED_LARGE_OBJECTS = "SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = {}"
-
-# With what it copied so far: the copies are read with the run, not in a round trip of their own.
-_SELECT_RUN = sql.SQL(
-    "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
-    " init_digest, carried_back, finalized_at IS NOT NULL,"
-    f" ARRAY({_COPIED_TABLES.format('r.target_schema')}), ARRAY({_COPIED_LARGE_OBJECTS.format('r.target_schema')})"
-    " FROM schema_migration.run r WHERE target_schema = {} FOR UPDATE OF r"
+_COPIED_TABLES = sql.SQL("SELECT table_name FROM schema_migration.copied_table WHERE target_schema = {}")
+_COPIED_LARGE_OBJECTS = sql.SQL(
+    "SELECT large_object::bigint FROM schema_migration.copied_large_object WHERE target_schema = {}"
 )
+
+
+def _select_run(target_schema: sql.Composable) -> sql.Composed:
+    """The run's row, with what it copied so far: the copies are read with the run, not in a round trip of their own."""
+    run_schema = sql.Identifier("r", "target_schema")
+    return sql.SQL(
+        "SELECT source, mode, cutover_at IS NOT NULL, rolled_back_at IS NOT NULL, deferred, finished_at IS NOT NULL,"
+        " init_digest, carried_back, finalized_at IS NOT NULL, ARRAY({tables}), ARRAY({objects})"
+        " FROM schema_migration.run r WHERE r.target_schema = {schema} FOR UPDATE OF r"
+    ).format(
+        tables=_COPIED_TABLES.format(run_schema), objects=_COPIED_LARGE_OBJECTS.format(run_schema), schema=target_schema
+    )
 
 
 def begin_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
@@ -150,7 +156,7 @@ def begin_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
     """
     if not cur.connection.autocommit:
         raise psycopg.ProgrammingError("begin_run needs an autocommit connection")
-    cur.execute(sql.SQL("BEGIN; {}; {}").format(_ENSURE, _SELECT_RUN.format(sql.Literal(target_schema))))
+    cur.execute(sql.SQL("BEGIN; {}; {}").format(_ENSURE, _select_run(sql.Literal(target_schema))))
     while cur.nextset():  # the run's row comes last
         pass
     return fetch_run(cur)
@@ -163,7 +169,7 @@ def load_run(cur: psycopg.Cursor, target_schema: str) -> Run | None:
 
 def select_run(cur: psycopg.Cursor, target_schema: str) -> None:
     """The query of :func:`load_run` alone, for a pipeline that fetches later."""
-    cur.execute(_SELECT_RUN.format(sql.Placeholder()), (target_schema,))
+    cur.execute(_select_run(sql.Placeholder()), (target_schema,))
 
 
 def fetch_run(cur: psycopg.Cursor) -> Run | None:
@@ -258,7 +264,7 @@ def record_references(cur: psycopg.Cursor, target_schema: str, references: list[
 
 
 def copied_tables(cur: psycopg.Cursor, target_schema: str) -> set[str]:
-    cur.execute(_COPIED_TABLES.format("%s"), (target_schema,))
+    cur.execute(_COPIED_TABLES.format(sql.Placeholder()), (target_schema,))
     return {name for (name,) in cur.fetchall()}
 
 
@@ -284,7 +290,7 @@ def forget_copies(cur: psycopg.Cursor, target_schema: str, tables: list[str]) ->
 
 
 def copied_large_objects(cur: psycopg.Cursor, target_schema: str) -> set[int]:
-    cur.execute(_COPIED_LARGE_OBJECTS.format("%s"), (target_schema,))
+    cur.execute(_COPIED_LARGE_OBJECTS.format(sql.Placeholder()), (target_schema,))
     return {oid for (oid,) in cur.fetchall()}
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from migrations import engine, online
 from migrations.connection import Endpoints
+from migrations.errors import ForeignRows
 from migrations.freeze import unfreeze
 from migrations.rehearsal.localserver import LocalServer
 from tests.public_schemas import compare, generate
@@ -152,6 +153,53 @@ def test_pagila_is_copied_by_a_migration_role_that_is_no_superuser(
 
 
 # ------------------------------------------------------------------ Chinook
+# Every relation, type and routine of the schema with its owner, as the catalog says.
+OWNERS = """
+SELECT DISTINCT pg_get_userbyid(owner) FROM (
+  SELECT relowner AS owner FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'v', 'm', 'S')
+  UNION ALL SELECT typowner FROM pg_type WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'd')
+  UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+  UNION ALL SELECT nspowner FROM pg_namespace WHERE nspname = 'public') o
+"""
+
+
+def test_pagila_refuses_rows_it_did_not_write_then_hands_everything_over_to_the_service_user(
+    source_server: LocalServer, target_server: LocalServer, pagila_template: str, tmp_path: Path
+) -> None:
+    """The target's preparation and the hand-over in the freeze window, on a schema this project did not write,
+    by a migration role that is no superuser."""
+    lab = Lab(source_server, target_server)
+    try:
+        source = lab.database(source_server, "pagila_handover", pagila_template)
+        target = lab.target()
+        service = lab.role(target_server, "pagila_service")
+        dump = tmp_path / "pagila.sql"
+        dump.write_text(dump_schema(source_server.bindir, source, SCHEMA), encoding="utf-8")
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public")  # the dump creates it
+        load_schema_file(target_server.bindir, target, dump)  # laid out by hand, as an operator may
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("INSERT INTO public.language (name) VALUES ('Esperanto')")
+            conn.execute("INSERT INTO public.country (country) VALUES ('Atlantis')")
+        endpoints = Endpoints(migration_role(lab, source, SCHEMA), SCHEMA, target, SCHEMA)
+
+        with pytest.raises(ForeignRows, match="^target tables public.country, public.language on .* hold rows"):
+            engine.migrate(endpoints, service_user=service, jobs=2)
+        assert _one(target, "SELECT count(*) FROM public.language WHERE name = 'Esperanto'") == (1,)
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("TRUNCATE public.language, public.country CASCADE")
+
+        expected = compare.read(source, SCHEMA)
+        engine.migrate(endpoints, service_user=service, jobs=2)
+
+        assert compare.differences(expected, compare.read(target, SCHEMA, expected.relations)) == []
+        assert _all(target, OWNERS) == [(service,)]
+        as_service = psycopg.conninfo.make_conninfo(target, user=service)
+        assert _one(as_service, "SELECT count(*) FROM public.rental") == _one(source, "SELECT count(*) FROM public.rental")
+    finally:
+        lab.close()
+
+
 def test_chinook_is_copied_row_for_row_through_the_command_line(
     source_server: LocalServer, target_server: LocalServer, chinook_template: str, new_database: NewDatabase, tmp_path: Path
 ) -> None:
